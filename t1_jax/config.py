@@ -1,0 +1,580 @@
+"""Experiment configuration: frozen dataclasses, loading, dotted overrides, validation, JSON round trip.
+
+An experiment is a Python file exposing ``get_config() -> ExperimentConfig`` (see ``experiments/``), or the
+``config.json`` a previous run wrote into its workdir. Command lines refine it with dotted overrides
+(``optimizer.lr=1e-5 mesh.fsdp=8``); every value is converted to the field's declared type and the whole config is
+validated before anything is compiled. Every default that is a modelling choice (the T1 report publishes none) is
+documented in ``docs/design-choices.md``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import math
+import os
+import types
+import typing
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line a user can act on."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Qwen3 decoder shape and numerics. Defaults are a tiny test model; presets live in ``t1_jax.model.presets``."""
+
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = True
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots (see t1_jax.model.qwen3.REMAT_POLICIES)
+    scan_layers: bool = True
+    emb_token_id: Optional[int] = None  # id of <embtoken>; set when the tokenizer is extended
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+
+    def validate(self) -> list[str]:
+        errors = []
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                errors.append(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads:
+            errors.append(f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads "
+                          f"({self.num_kv_heads})")
+        for name in ("param_dtype", "compute_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                errors.append(f"model.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+        if self.remat not in ("none", "full", "dots"):
+            errors.append(f"model.remat must be one of none, full, dots; got {self.remat!r}")
+        if self.emb_token_id is not None and not 0 <= self.emb_token_id < self.vocab_size:
+            errors.append(f"model.emb_token_id {self.emb_token_id} is outside the vocabulary (size {self.vocab_size})")
+        if self.rms_norm_eps <= 0:
+            errors.append(f"model.rms_norm_eps must be positive, got {self.rms_norm_eps}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh ``(data, fsdp, tensor)``; -1 on one axis means "all remaining devices"."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    # Multi-host: left empty, ``jax.distributed.initialize`` auto-detects on TPU pods.
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+    def validate(self) -> list[str]:
+        errors = []
+        sizes = (self.data, self.fsdp, self.tensor)
+        if sum(s == -1 for s in sizes) > 1:
+            errors.append("mesh: at most one of data/fsdp/tensor may be -1")
+        for name, size in zip(("data", "fsdp", "tensor"), sizes):
+            if size == 0 or size < -1:
+                errors.append(f"mesh.{name} must be a positive size or -1, got {size}")
+        return errors
+
+    def resolve(self, device_count: int) -> tuple[int, int, int]:
+        """Concrete (data, fsdp, tensor) sizes for ``device_count`` devices, or ConfigError."""
+        sizes = [self.data, self.fsdp, self.tensor]
+        fixed = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if fixed <= 0 or device_count % fixed:
+                raise ConfigError(f"mesh {self.data}x{self.fsdp}x{self.tensor} (data x fsdp x tensor) does not divide "
+                                  f"{device_count} devices")
+            sizes[sizes.index(-1)] = device_count // fixed
+        elif fixed != device_count:
+            raise ConfigError(f"mesh {self.data}x{self.fsdp}x{self.tensor} (data x fsdp x tensor) uses {fixed} devices "
+                              f"but {device_count} are available")
+        return tuple(sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Tokenizer and the T1 prompt formats (templates live in ``t1_jax.text``)."""
+
+    tokenizer: str = ""  # a folder with tokenizer.json (or a hub id when online)
+    emb_token: str = "<embtoken>"
+    query_instruction: str = "Given a question, reason about what a helpful document contains, then embed it."
+    doc_instruction: str = "Represent this document for retrieval."
+    domain_instructions: bool = True  # per-domain instructions for BRIGHT's domains
+    use_chat_template: bool = True
+    max_query_tokens: int = 256
+    max_doc_tokens: int = 512
+    max_reasoning_tokens: int = 256
+
+    def validate(self) -> list[str]:
+        return [f"text.{n} must be positive" for n in ("max_query_tokens", "max_doc_tokens", "max_reasoning_tokens")
+                if getattr(self, n) <= 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training data (grain). ``format``: jsonl (one example per line) or beir (corpus + queries + qrels)."""
+
+    train_path: str = ""
+    format: str = "jsonl"
+    beir_split: str = "train"
+    global_batch_size: int = 8
+    num_hard_negatives: int = 1
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int = 0  # 0 = repeat forever
+    length_buckets: tuple[int, ...] = ()  # padded lengths; empty = one bucket at the max length
+    prefetch: int = 2
+    worker_count: int = 0
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.format not in ("jsonl", "beir"):
+            errors.append(f"data.format must be jsonl or beir, got {self.format!r}")
+        if self.global_batch_size <= 0:
+            errors.append(f"data.global_batch_size must be positive, got {self.global_batch_size}")
+        if self.num_hard_negatives < 0:
+            errors.append(f"data.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup and cosine decay, global-norm clipping, gradient accumulation."""
+
+    lr: float = 1e-4
+    end_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    grad_accum_steps: int = 1
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.lr > 0:
+            errors.append(f"optimizer.lr must be positive, got {self.lr}")
+        if not 0 <= self.end_lr_ratio <= 1:
+            errors.append(f"optimizer.end_lr_ratio must be in [0, 1], got {self.end_lr_ratio}")
+        if self.warmup_steps < 0:
+            errors.append(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+            errors.append(f"optimizer.b1/b2 must be in [0, 1), got {self.b1}, {self.b2}")
+        if self.weight_decay < 0:
+            errors.append(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.clip_norm < 0:
+            errors.append(f"optimizer.clip_norm must be >= 0 (0 disables), got {self.clip_norm}")
+        if self.grad_accum_steps < 1:
+            errors.append(f"optimizer.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveConfig:
+    """Stage 1/2 losses: InfoNCE over the gathered global batch, plus stage 2's reasoning cross-entropy."""
+
+    temperature: float = 0.02
+    symmetric: bool = False
+    mask_duplicates: bool = True
+    sft_weight: float = 1.0  # lambda on the reasoning cross-entropy (stage 2)
+    ce_chunk_size: int = 128  # sequence chunk for the cross-entropy (never full [B, T, V] logits)
+    gradcache_chunk: int = 0  # > 0: GradCache-style chunked embedding/backprop of this many examples
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.temperature > 0:
+            errors.append(f"loss.temperature must be positive, got {self.temperature}")
+        if self.sft_weight < 0:
+            errors.append(f"loss.sft_weight must be >= 0, got {self.sft_weight}")
+        if self.ce_chunk_size <= 0:
+            errors.append(f"loss.ce_chunk_size must be positive, got {self.ce_chunk_size}")
+        if self.gradcache_chunk < 0:
+            errors.append(f"loss.gradcache_chunk must be >= 0, got {self.gradcache_chunk}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Reasoning generation before ``<embtoken>`` (inference and GRPO rollouts)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    prompt_buckets: tuple[int, ...] = (64, 128, 256, 512)
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.max_new_tokens < 0:
+            errors.append(f"sampling.max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            errors.append(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            errors.append(f"sampling.top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            errors.append(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if list(self.prompt_buckets) != sorted(self.prompt_buckets) or any(b <= 0 for b in self.prompt_buckets):
+            errors.append(f"sampling.prompt_buckets must be increasing positive lengths, got {self.prompt_buckets}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """Stage 3. Every field is our design choice; see docs/design-choices.md."""
+
+    group_size: int = 8
+    rollout_temperature: float = 1.0
+    rewards: tuple[tuple[str, float], ...] = (("ndcg", 1.0), ("forced_penalty", 0.1))
+    reward_k: int = 10
+    reward_temperature: float = 0.05
+    advantage: str = "grpo"  # grpo | drgrpo
+    advantage_eps: float = 1e-6
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.28
+    inner_steps: int = 1  # mu
+    beta: float = 0.01  # KL coefficient
+    kl_clamp: float = 10.0
+    loss_aggregation: str = "token_mean"  # token_mean | sequence_mean
+    pool_refresh_every: int = 0  # 0 = pool embedded by the current model each step
+    aux_infonce_weight: float = 0.0
+    logprob_chunk_size: int = 128
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.group_size < 2:
+            errors.append(f"grpo.group_size must be >= 2 (advantages are relative within a group), got "
+                          f"{self.group_size}")
+        if self.rollout_temperature <= 0:
+            errors.append(f"grpo.rollout_temperature must be positive, got {self.rollout_temperature}")
+        if not self.rewards:
+            errors.append("grpo.rewards must name at least one reward")
+        if self.epsilon_low < 0 or self.epsilon_high < 0:
+            errors.append("grpo.epsilon_low/epsilon_high must be >= 0")
+        if self.inner_steps < 1:
+            errors.append(f"grpo.inner_steps must be >= 1, got {self.inner_steps}")
+        if self.beta < 0:
+            errors.append(f"grpo.beta must be >= 0, got {self.beta}")
+        if self.loss_aggregation not in ("token_mean", "sequence_mean"):
+            errors.append(f"grpo.loss_aggregation must be token_mean or sequence_mean, got {self.loss_aggregation!r}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """One loop for every stage."""
+
+    stage: str = "contrastive"  # contrastive (stage 1) | reasoning (stage 2) | grpo (stage 3)
+    num_steps: int = 100
+    seed: int = 0
+    init_from: str = ""  # an imported HF checkpoint (orbax) or a previous stage's workdir; empty = random init
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.stage not in ("contrastive", "reasoning", "grpo"):
+            errors.append(f"trainer.stage must be contrastive, reasoning or grpo; got {self.stage!r}")
+        for name in ("num_steps", "log_every", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                errors.append(f"trainer.{name} must be positive, got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                errors.append(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """Embedding store and ScaNN index settings (0 / empty = chosen from corpus size)."""
+
+    embedding_dtype: str = "float16"
+    normalize: bool = True
+    top_k: int = 100
+    encode_batch_size: int = 32
+    index_mode: str = "auto"  # auto | brute_force | tree_ah
+    num_leaves: int = 0
+    num_leaves_to_search: int = 0
+    reorder_k: int = 0
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.embedding_dtype not in ("float16", "float32"):
+            errors.append(f"retrieval.embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}")
+        if self.top_k <= 0:
+            errors.append(f"retrieval.top_k must be positive, got {self.top_k}")
+        if self.encode_batch_size <= 0:
+            errors.append(f"retrieval.encode_batch_size must be positive, got {self.encode_batch_size}")
+        if self.index_mode not in ("auto", "brute_force", "tree_ah"):
+            errors.append(f"retrieval.index_mode must be auto, brute_force or tree_ah; got {self.index_mode!r}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation sets and cut-offs."""
+
+    datasets: tuple[str, ...] = ()
+    ks: tuple[int, ...] = (10, 100)
+    bm25_baseline: bool = True
+
+    def validate(self) -> list[str]:
+        return [f"eval.ks must be positive, got {self.ks}"] if any(k <= 0 for k in self.ks) else []
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    model: ModelConfig = ModelConfig()
+    mesh: MeshConfig = MeshConfig()
+    text: TextConfig = TextConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    loss: ContrastiveConfig = ContrastiveConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+_DTYPES = {"float32", "bfloat16", "float16"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def validate(cfg: ExperimentConfig, device_count: Optional[int] = None) -> ExperimentConfig:
+    """Raise ConfigError (all problems, one per line) or return ``cfg``; checks the mesh against ``device_count``."""
+    errors: list[str] = []
+    for field in dataclasses.fields(cfg):
+        section = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(section):
+            errors.extend(section.validate())
+    if device_count is not None and not cfg.mesh.validate():
+        try:
+            cfg.mesh.resolve(device_count)
+        except ConfigError as e:
+            errors.append(str(e))
+    if cfg.data.global_batch_size > 0 and device_count is not None and not errors:
+        data, fsdp, _ = cfg.mesh.resolve(device_count)
+        if cfg.data.global_batch_size % (data * fsdp):
+            errors.append(f"data.global_batch_size {cfg.data.global_batch_size} is not divisible by the batch "
+                          f"shards data x fsdp = {data * fsdp}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dotted keys, overrides and type conversion
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config, e.g. ``optimizer.lr``."""
+    keys = []
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(all_keys(value, f"{prefix}{field.name}."))
+        else:
+            keys.append(f"{prefix}{field.name}")
+    return keys
+
+
+def _unknown_key(key: str, cfg: Any) -> ConfigError:
+    candidates = all_keys(cfg)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not close:  # e.g. "lr" alone: match on the last component
+        tails = {k.rsplit(".", 1)[-1]: k for k in candidates}
+        tail_match = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.6)
+        close = [tails[tail_match[0]]] if tail_match else []
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a string (from the command line) or a JSON value to the declared type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith(("[", "(")):
+                try:
+                    value = json.loads(text.replace("(", "[").replace(")", "]"))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{key}: cannot parse {value!r} as a list ({e.msg})") from None
+            else:
+                value = [v for v in text.split(",") if v.strip()] if text else []
+                if args and typing.get_origin(args[0]) is tuple:  # pairs written as name:weight
+                    value = [v.split(":") for v in value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {value!r}")
+        return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            as_float = float(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def override(cfg: Any, key: str, value: Any, _prefix: str = "", _root: Any = None) -> Any:
+    """Return a copy of ``cfg`` with dotted ``key`` set to ``value`` (converted to the field's type)."""
+    root = cfg if _root is None else _root
+    head, _, rest = key.partition(".")
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if head not in names:
+        raise _unknown_key(_prefix + key, root)
+    current = getattr(cfg, head)
+    if dataclasses.is_dataclass(current):
+        if not rest:
+            raise ConfigError(f"{_prefix + key} is a section; set one of its keys, e.g. "
+                              f"{_prefix + key}.{dataclasses.fields(current)[0].name}")
+        return dataclasses.replace(cfg, **{head: override(current, rest, value, f"{_prefix}{head}.", root)})
+    if rest:
+        raise _unknown_key(_prefix + key, root)
+    return dataclasses.replace(cfg, **{head: _convert(value, _hints(type(cfg))[head], _prefix + key)})
+
+
+def apply_overrides(cfg: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
+    """Apply ``key=value`` strings in order."""
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optimizer.lr=1e-5)")
+        cfg = override(cfg, key.strip(), value.strip())
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Serialisation and loading
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(data: dict[str, Any], cls: type = ExperimentConfig, _prefix: str = "") -> Any:
+    """Inverse of :func:`to_dict`; unknown keys are refused with the closest valid one."""
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise _unknown_key(_prefix + key, cls())
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{_prefix + key}: expected a section (object), got {value!r}")
+            kwargs[key] = from_dict(value, tp, f"{_prefix}{key}.")
+        else:
+            kwargs[key] = _convert(value, tp, _prefix + key)
+    return cls(**kwargs)
+
+
+def save_json(cfg: ExperimentConfig, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_config(path: str, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Load an experiment (``.py`` with ``get_config()``, or a resolved ``config.json``) and apply overrides."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    if path.endswith(".json"):
+        with open(path) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        cfg = from_dict(data)
+    elif path.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"t1_experiment_{abs(hash(path))}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path} does not define get_config()")
+        cfg = module.get_config()
+        if not isinstance(cfg, ExperimentConfig):
+            raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, expected ExperimentConfig")
+    else:
+        raise ConfigError(f"config file {path} must be an experiment .py or a resolved config .json")
+    return apply_overrides(cfg, list(overrides or []))
+
+
+def dtype(name: str):
+    """The jax.numpy dtype for a config dtype name."""
+    import jax.numpy as jnp
+
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
