@@ -1,6 +1,7 @@
 """Progress bars, console metrics and TensorBoard event files. Only process 0 writes on multi-host runs."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -30,15 +31,20 @@ def progress(iterable: Iterable[T], total: Optional[int] = None, desc: str = "",
 class MetricWriter:
     """Scalars to TensorBoard (tensorboardX) and to the console log, written by process 0 only."""
 
-    def __init__(self, logdir: Optional[str], console: bool = True):
+    def __init__(self, logdir: Optional[str], console: bool = True, jsonl: Optional[str] = None):
+        """``logdir``: TensorBoard event files; ``jsonl``: also append one JSON object per write (easy to parse)."""
         self._lead = is_lead_process()
         self._console = console
         self._writer = None
+        self._jsonl = None
         if logdir and self._lead:
             from tensorboardX import SummaryWriter
 
             os.makedirs(logdir, exist_ok=True)
             self._writer = SummaryWriter(logdir=logdir, flush_secs=10)
+        if jsonl and self._lead:
+            os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
+            self._jsonl = open(jsonl, "a")
         self._t0 = time.time()
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
@@ -48,6 +54,9 @@ class MetricWriter:
         if self._writer is not None:
             for key, value in scalars.items():
                 self._writer.add_scalar(key, value, step)
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+            self._jsonl.flush()
         if self._console:
             text = "  ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
             log.info("step %d  %s", step, text)
@@ -61,6 +70,9 @@ class MetricWriter:
             self._writer.flush()
 
     def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

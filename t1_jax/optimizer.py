@@ -1,0 +1,78 @@
+"""AdamW with linear warmup + cosine decay, global-norm clipping, and no weight decay on norms and embeddings."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import optax
+
+from t1_jax.config import OptimizerConfig
+
+# A parameter whose path contains one of these names is not decayed (norm scales, token embeddings).
+NO_DECAY_KEYS = ("norm", "embed", "bias")
+
+
+def learning_rate_schedule(cfg: OptimizerConfig, num_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * end_lr_ratio``."""
+    warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+                                              decay_steps=max(num_steps, warmup + 1),
+                                              end_value=cfg.lr * cfg.end_lr_ratio)
+
+
+def _path_text(path) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts).lower()
+
+
+def decay_mask(params: Any) -> Any:
+    """True for parameters that get weight decay: everything but norms, embeddings and biases."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(key in _path_text(path) for key in NO_DECAY_KEYS), params)
+
+
+def make_optimizer(cfg: OptimizerConfig, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(cfg, num_steps)
+    parts = []
+    if cfg.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             mask=decay_mask))
+    return optax.chain(*parts), schedule
+
+
+def accumulate_gradients(grad_fn: Callable, params: Any, batch: Any, rng: jax.Array, steps: int):
+    """Mean of ``grad_fn(params, micro_batch, rng_i) -> ((loss, metrics), grads)`` over ``steps`` micro-batches.
+
+    The leading dimension of every batch leaf is split into ``steps`` equal parts and scanned, so peak activation
+    memory is that of one micro-batch. With ``steps == 1`` this is a plain call.
+    """
+    if steps == 1:
+        return grad_fn(params, batch, rng)
+
+    def split(x):
+        if x.shape[0] % steps:
+            raise ValueError(f"batch dimension {x.shape[0]} is not divisible by grad_accum_steps={steps}")
+        return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
+
+    micro = jax.tree_util.tree_map(split, batch)
+    rngs = jax.random.split(rng, steps)
+
+    def body(carry, xs):
+        micro_batch, micro_rng = xs
+        (loss, metrics), grads = grad_fn(params, micro_batch, micro_rng)
+        acc = jax.tree_util.tree_map(lambda a, b: a + b / steps, carry, (loss, metrics, grads))
+        return acc, None
+
+    (loss0, metrics0), grads0 = jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro),
+                                               rngs[0])
+    zeros = jax.tree_util.tree_map(lambda s: jax.numpy.zeros(s.shape, s.dtype), (loss0, metrics0, grads0))
+    (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, rngs))
+    return (loss, metrics), grads

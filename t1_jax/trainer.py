@@ -1,0 +1,268 @@
+"""One training loop for every stage: jitted step with donated state, orbax checkpoints, resume, preemption, metrics.
+
+A stage (contrastive, reasoning, GRPO) is described by a :class:`TrainStage`: how to initialise parameters, the loss
+(or a whole custom step for GRPO), and a checkpointable batch iterator. The trainer owns everything else:
+
+* the optimizer state and the jitted step (state donated, shardings from the stage's parameter shardings);
+* orbax ``CheckpointManager`` saves every ``trainer.checkpoint_every`` steps (async, keep-last-K) of the train state,
+  the data-iterator state (grain) and the RNG; on start it resumes from the latest *complete* checkpoint (orbax
+  finalises a step atomically, so a run killed mid-write falls back to the previous one);
+* SIGTERM (the TPU preemption notice) makes it save at the next step boundary and exit cleanly;
+* a non-finite loss stops the run with a clear message, without saving, so the last good checkpoint stays intact;
+* console progress and TensorBoard metrics (loss, accuracy, grad norm, lr, tokens/s, MFU), on process 0 only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from t1_jax import config as config_lib
+from t1_jax import mesh as mesh_lib
+from t1_jax.observe import MetricWriter, progress
+from t1_jax.optimizer import accumulate_gradients, make_optimizer
+
+log = logging.getLogger(__name__)
+
+Params = Any
+Batch = dict
+LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict]]
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Params
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStage:
+    """What a training stage provides to the trainer."""
+
+    name: str
+    init_params: Callable[[jax.Array], Params]  # rng -> params (traced under jit)
+    batches: Any  # checkpointable iterator (grain DatasetIterator: get_state/set_state) of host-local numpy dicts
+    loss_fn: Optional[LossFn] = None  # (params, global batch, rng) -> (loss, metrics)
+    # Custom step (GRPO): (state, batch, tx, schedule) -> (state, metrics); build it with ``apply_gradients``.
+    step_fn: Optional[Callable[..., tuple[TrainState, dict]]] = None
+    param_shardings: Any = None  # pytree of NamedSharding like params; None = replicated
+    batch_logical_axes: Optional[dict[str, tuple]] = None  # per key; default: leading dim over the batch axes
+    tokens_in_batch: Optional[Callable[[Batch], int]] = None  # host-side count for tokens/s
+    flops_per_token: float = 0.0  # training FLOPs per token, for the MFU estimate
+    eval_fn: Optional[Callable[[Params, int], dict]] = None
+
+
+def apply_gradients(state: TrainState, grads: Params, tx: optax.GradientTransformation) -> TrainState:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+
+
+def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
+    """The step of the gradient-based stages: (accumulated) value-and-grad, AdamW update, metrics."""
+
+    def step(state: TrainState, batch: Batch, tx: optax.GradientTransformation, schedule) -> tuple[TrainState, dict]:
+        rng, step_rng = jax.random.split(state.rng)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_rng, grad_accum_steps)
+        new_state = apply_gradients(state, grads, tx).replace(rng=rng)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        return new_state, metrics
+
+    return step
+
+
+class Trainer:
+    def __init__(self, cfg: config_lib.ExperimentConfig, workdir: str, mesh: Mesh):
+        self.cfg = cfg
+        self.workdir = workdir
+        self.mesh = mesh
+        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
+        self._stop_signal: Optional[int] = None
+        self._batch_axes: Optional[dict] = None
+        if jax.process_index() == 0 and "://" not in workdir:  # gs:// workdirs: the launcher keeps the config
+            os.makedirs(workdir, exist_ok=True)
+            config_lib.save_json(cfg, os.path.join(workdir, "config.json"))
+
+    # ---- state -----------------------------------------------------------------------------------------------------
+
+    def _init_state_fn(self, stage: TrainStage) -> Callable[[jax.Array], TrainState]:
+        def init(rng):
+            params_rng, state_rng = jax.random.split(rng)
+            params = stage.init_params(params_rng)
+            if stage.param_shardings is not None:
+                params = jax.lax.with_sharding_constraint(params, stage.param_shardings)
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+                              rng=state_rng)
+
+        return init
+
+    def _batch_sharding(self, key: str, ndim: int) -> NamedSharding:
+        axes = (self._batch_axes or {}).get(key) or ("batch",) + (None,) * (ndim - 1)
+        return mesh_lib.logical_sharding(self.mesh, axes)
+
+    def global_batch(self, local: Batch) -> Batch:
+        """Host-local numpy arrays -> global jax Arrays sharded over the batch axes."""
+        return {k: jax.make_array_from_process_local_data(self._batch_sharding(k, np.ndim(v)), np.asarray(v))
+                for k, v in local.items()}
+
+    # ---- loop ------------------------------------------------------------------------------------------------------
+
+    def fit(self, stage: TrainStage) -> TrainState:
+        tcfg = self.cfg.trainer
+        self._batch_axes = stage.batch_logical_axes
+        step_body = stage.step_fn or standard_step(stage.loss_fn, self.cfg.optimizer.grad_accum_steps)
+        if stage.step_fn is None and stage.loss_fn is None:
+            raise ValueError(f"stage {stage.name!r} provides neither loss_fn nor step_fn")
+
+        with mesh_lib.use_mesh(self.mesh):
+            init = jax.jit(self._init_state_fn(stage))
+            rng0 = jax.random.PRNGKey(tcfg.seed)
+            state_shardings = init.lower(rng0).compile().output_shardings
+            step_fn = jax.jit(lambda s, b: step_body(s, b, self.tx, self.schedule), donate_argnums=(0,),
+                              out_shardings=(state_shardings, None))
+
+            manager = self._checkpoint_manager()
+            state, start = self._restore_or_init(manager, init, rng0, state_shardings, stage)
+            writer = MetricWriter(os.path.join(self.workdir, "tensorboard"),
+                                  jsonl=os.path.join(self.workdir, "metrics.jsonl") if "://" not in self.workdir else None)
+            previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            try:
+                state = self._loop(stage, state, start, step_fn, manager, writer)
+            finally:
+                signal.signal(signal.SIGTERM, previous_handler)
+                manager.wait_until_finished()
+                manager.close()
+                writer.close()
+        return state
+
+    def _loop(self, stage, state, start, step_fn, manager, writer) -> TrainState:
+        tcfg = self.cfg.trainer
+        batches: Iterator = iter(stage.batches)
+        pending: Optional[tuple[int, dict]] = None  # metrics of the previous step, checked one step late
+        window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
+        bar = progress(range(start, tcfg.num_steps), total=tcfg.num_steps, initial=start, desc=stage.name,
+                       unit="step")
+        for step in bar:  # ``step`` = number of updates already applied
+            local = next(batches)
+            state, metrics = step_fn(state, self.global_batch(local))
+            done = step + 1
+            window_tokens += stage.tokens_in_batch(local) if stage.tokens_in_batch else 0
+            window_steps += 1
+            if pending is not None:
+                self._check_finite(*pending, manager)
+            pending = (done, metrics)
+            if done % tcfg.log_every == 0 or done == tcfg.num_steps:
+                host = jax.device_get(metrics)
+                self._check_finite(done, host, manager)
+                elapsed = time.perf_counter() - window_start
+                host = {k: float(np.asarray(v)) for k, v in host.items()}
+                host["steps_per_s"] = window_steps / max(elapsed, 1e-9)
+                if window_tokens:
+                    host["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
+                    mfu = self._mfu(stage, host["tokens_per_s"])
+                    if mfu is not None:
+                        host["mfu"] = mfu
+                writer.write(done, host, prefix="train/")
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{host['loss']:.4f}")
+                window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
+            if stage.eval_fn is not None and tcfg.eval_every and done % tcfg.eval_every == 0:
+                writer.write(done, stage.eval_fn(state.params, done), prefix="eval/")
+            preempted = self._preempted(done)
+            if (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or done == tcfg.num_steps or preempted:
+                self._check_finite(done, jax.device_get(metrics), manager)
+                self._save(manager, done, state, batches, force=preempted)
+            if preempted:
+                manager.wait_until_finished()
+                log.warning("preemption signal received: saved step %d to %s; exiting so the run can resume", done,
+                            self.workdir)
+                break
+        return state
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------------
+
+    def _checkpoint_manager(self) -> ocp.CheckpointManager:
+        tcfg = self.cfg.trainer
+        options = ocp.CheckpointManagerOptions(max_to_keep=tcfg.keep_checkpoints, create=True,
+                                               enable_async_checkpointing=tcfg.async_checkpointing)
+        return ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"), options=options,
+                                     item_names=("state", "data"))
+
+    def _save(self, manager, step: int, state: TrainState, batches, force: bool = False) -> None:
+        import grain
+
+        items = {"state": ocp.args.StandardSave(state)}
+        if hasattr(batches, "get_state"):
+            items["data"] = grain.checkpoint.CheckpointSave(batches)
+        manager.save(step, args=ocp.args.Composite(**items), force=True)
+        log.debug("checkpoint %d queued (forced=%s)", step, force)
+
+    def _restore_or_init(self, manager, init, rng0, state_shardings, stage) -> tuple[TrainState, int]:
+        import grain
+
+        latest = manager.latest_step()
+        if latest is None:
+            log.info("%s: no checkpoint in %s; initialising", stage.name, self.workdir)
+            return init(rng0), 0
+        abstract = jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), jax.eval_shape(init, rng0),
+            state_shardings)
+        items = {"state": ocp.args.StandardRestore(abstract)}
+        if hasattr(stage.batches, "set_state"):
+            items["data"] = grain.checkpoint.CheckpointRestore(stage.batches)
+        restored = manager.restore(latest, args=ocp.args.Composite(**items))
+        log.info("%s: resumed from step %d (%s)", stage.name, latest, self.workdir)
+        return restored["state"], int(latest)
+
+    # ---- guards --------------------------------------------------------------------------------------------------
+
+    def _check_finite(self, step: int, metrics: dict, manager) -> None:
+        loss = float(np.asarray(jax.device_get(metrics["loss"])))
+        if math.isfinite(loss):
+            return
+        manager.wait_until_finished()
+        last = manager.latest_step()
+        where = f"step {last} in {os.path.join(self.workdir, 'checkpoints')}" if last is not None else "none saved"
+        raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping without saving. Last good checkpoint: "
+                                 f"{where}. Lower optimizer.lr or check the data, then rerun to resume.")
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop_signal = signum
+        log.warning("SIGTERM received: will save a checkpoint at the end of this step and exit")
+
+    def _preempted(self, step: int) -> bool:
+        if jax.process_count() > 1:  # every host must agree on the step; JAX's preemption service does that
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self._stop_signal is not None
+
+    def _mfu(self, stage: TrainStage, tokens_per_s: float) -> Optional[float]:
+        if not stage.flops_per_token:
+            return None
+        try:
+            from t1_jax.tpu import peak_flops_for_device
+        except ImportError:
+            return None
+        peak = peak_flops_for_device(jax.devices()[0])
+        if not peak:
+            return None
+        return stage.flops_per_token * tokens_per_s / (peak * jax.device_count())
