@@ -119,13 +119,40 @@ class TextConfig:
     doc_instruction: str = "Represent this document for retrieval."
     domain_instructions: bool = True  # per-domain instructions for BRIGHT's domains
     use_chat_template: bool = True
-    max_query_tokens: int = 256
-    max_doc_tokens: int = 512
+    max_query_tokens: int = 256  # the whole query prompt (template + query text), reasoning not included
+    max_doc_tokens: int = 512  # the whole document sequence, <embtoken> included
     max_reasoning_tokens: int = 256
+    # Templates: {instruction} and {text} / {query} are filled in; see t1_jax.text and docs/text.md.
+    doc_template: str = "{instruction}\n{text}"
+    query_template: str = "{instruction}\nQuery: {query}"  # the user message (chat) or the plain prompt
+    direct_query_format: str = "chat"  # stage-1 query without reasoning: chat (prompt + <embtoken>) | plain
+    # (domain, instruction) pairs that replace or extend the built-in per-domain tables in t1_jax.text
+    query_domain_instructions: tuple[tuple[str, str], ...] = ()
+    doc_domain_instructions: tuple[tuple[str, str], ...] = ()
+    stop_tokens: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")  # end-of-sequence tokens besides tokenizer.eos
 
     def validate(self) -> list[str]:
-        return [f"text.{n} must be positive" for n in ("max_query_tokens", "max_doc_tokens", "max_reasoning_tokens")
-                if getattr(self, n) <= 0]
+        errors = [f"text.{n} must be positive, got {getattr(self, n)}"
+                  for n in ("max_query_tokens", "max_doc_tokens", "max_reasoning_tokens") if getattr(self, n) <= 0]
+        if not self.emb_token:
+            errors.append("text.emb_token must be a non-empty token string such as <embtoken>")
+        for name, field in (("doc_template", "{text}"), ("query_template", "{query}")):
+            template = getattr(self, name)
+            if template.count(field) != 1:
+                errors.append(f"text.{name} must contain {field} exactly once, got {template!r}")
+            try:
+                template.format(instruction="", text="", query="")
+            except (KeyError, IndexError, ValueError) as e:
+                errors.append(f"text.{name}: only {{instruction}} and {field} may appear in braces ({e!r})")
+        if self.direct_query_format not in ("chat", "plain"):
+            errors.append(f"text.direct_query_format must be chat or plain, got {self.direct_query_format!r}")
+        for name in ("query_domain_instructions", "doc_domain_instructions"):
+            for pair in getattr(self, name):
+                if not pair[0].strip():
+                    errors.append(f"text.{name}: empty domain name in {pair!r}")
+        if any(not t for t in self.stop_tokens):
+            errors.append(f"text.stop_tokens must not contain empty strings, got {self.stop_tokens!r}")
+        return errors
 
 
 @dataclasses.dataclass(frozen=True)
