@@ -1,0 +1,97 @@
+"""``t1 eval``: score systems (BM25, TREC runs, dense indices) on BEIR and BRIGHT datasets; table + JSON."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+NAME = "eval"
+HELP = ("evaluate retrieval on BEIR folders and/or BRIGHT domains: nDCG/Recall/MRR/MAP per dataset + average, "
+        "with a BM25 baseline row")
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="EXP",
+                        help="optional experiment (eval.* and retrieval.* settings); flags below override it")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides", action="extend")
+    data = parser.add_argument_group("datasets")
+    data.add_argument("--beir", action="append", default=[], metavar="DIR",
+                      help="a BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv); repeatable")
+    data.add_argument("--split", default="test", help="BEIR qrels split (default: test)")
+    data.add_argument("--bright", default=None, metavar="DIR",
+                      help="BRIGHT folder: topics/topics.bright-<domain>-original.jsonl.gz (or examples/<domain>."
+                           "jsonl) and qrels/; documents in DIR/documents/<domain>.jsonl|.parquet or --bright-docs")
+    data.add_argument("--bright-docs", default=None, metavar="DIR", help="BRIGHT documents folder (<domain>.jsonl|"
+                      ".jsonl.gz|.parquet with id/content)")
+    data.add_argument("--domains", nargs="+", default=[], help="BRIGHT domains to evaluate (default: all found)")
+    data.add_argument("--bright-qrels", default="original", choices=("original", "fixed", "gold_ids"),
+                      help="BRIGHT judgements: original (what papers report), fixed (audited), or the gold_ids field")
+    systems = parser.add_argument_group("systems (rows of the table)")
+    systems.add_argument("--run", action="append", default=[], metavar="NAME=PATH",
+                         help="a TREC run; '{dataset}' in PATH is replaced by each dataset/domain name; repeatable")
+    systems.add_argument("--dense", action="append", default=[], metavar="NAME=INDEX,QUERIES[,IDS]",
+                         help="search a `t1 index` folder with query embeddings (.npy + ids file, or jsonl with "
+                              "id/embedding); '{dataset}' placeholders allowed; repeatable")
+    systems.add_argument("--bm25", dest="bm25", action="store_true", default=None, help="add the BM25 row")
+    systems.add_argument("--no-bm25", dest="bm25", action="store_false", help="leave out the BM25 row")
+    parser.add_argument("--ks", type=int, nargs="+", default=None, help="metric cut-offs (default: eval.ks)")
+    parser.add_argument("--depth", type=int, default=1000, help="documents retrieved per query by BM25/dense")
+    parser.add_argument("--metric", default=None, help="metric shown in the table (default: nDCG@<first k>)")
+    parser.add_argument("--out", default=None, help="write all metrics as JSON here")
+
+
+def _named(spec: str, flag: str) -> tuple[str, str]:
+    name, sep, value = spec.partition("=")
+    if not sep or not name or not value:
+        raise ValueError(f"{flag} expects NAME=VALUE, got {spec!r}")
+    return name, value
+
+
+def run(args: argparse.Namespace) -> int:
+    from t1_jax import config as config_lib
+    from t1_jax.retrieval import evaluate as ev
+
+    cfg = config_lib.load_config(args.config, args.overrides) if args.config else config_lib.apply_overrides(
+        config_lib.ExperimentConfig(), args.overrides)
+    ks = tuple(args.ks or cfg.eval.ks)
+    if any(k <= 0 for k in ks):
+        raise ValueError(f"--ks must be positive, got {ks}")
+    datasets = [ev.beir_dataset(d, args.split) for d in args.beir]
+    if args.bright:
+        datasets += ev.bright_datasets(args.bright, args.bright_docs, args.domains, args.bright_qrels)
+    if not datasets:
+        raise ValueError("nothing to evaluate: pass --beir DIR and/or --bright DIR")
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must be unique (they name the table columns): {names}")
+
+    systems = {}
+    if args.bm25 if args.bm25 is not None else cfg.eval.bm25_baseline:
+        systems["bm25"] = ev.bm25_system(k=args.depth)
+    for spec in args.run:
+        name, path = _named(spec, "--run")
+        systems[name] = ev.run_file_system(path)
+    for spec in args.dense:
+        name, value = _named(spec, "--dense")
+        parts = value.split(",")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"--dense expects NAME=INDEX,QUERIES[,IDS], got {spec!r}")
+        systems[name] = ev.dense_system(*parts, k=args.depth)
+    if not systems:
+        raise ValueError("no systems to evaluate: add --run, --dense, or --bm25")
+
+    results = ev.evaluate(datasets, systems, ks)
+    metric = args.metric or f"nDCG@{ks[0]}"
+    known = set(next(iter(next(iter(results.scores.values()), {}).values()), {})) or {metric}
+    if metric not in known:
+        raise ValueError(f"--metric {metric!r} is not computed; choose one of {sorted(known)}")
+    print(ev.format_table(results, metric))
+    for system, skipped in results.skipped.items():
+        for dataset, reason in skipped.items():
+            print(f"skipped {system} on {dataset}: {reason}")
+    if args.out:
+        ev.write_json(args.out, results)
+        print(f"wrote {os.path.abspath(args.out)}")
+    return 0

@@ -1,0 +1,1 @@
+"""Data readers (jsonl, BEIR, BRIGHT, qrels, documents) and training input pipelines."""

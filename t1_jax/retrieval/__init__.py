@@ -1,0 +1,1 @@
+"""Retrieval: embedding store, ScaNN and exact search, IR metrics, TREC IO, BM25 and BEIR/BRIGHT evaluation."""

@@ -1,0 +1,90 @@
+"""Precomputed query embeddings (``.npy`` + ids file, or jsonl of ``{id, embedding[, reasoning]}``) and search -> run."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from t1_jax.data.readers import DataError, read_jsonl, require
+
+
+def read_ids(path: str) -> list[str]:
+    """One id per line (blank lines are an error: an id file must line up row for row with its embeddings)."""
+    with open(path, encoding="utf-8") as f:
+        ids = [line.rstrip("\n") for line in f]
+    if ids and ids[-1] == "":
+        ids.pop()
+    for i, x in enumerate(ids, start=1):
+        if not x.strip() or x != x.strip():
+            raise DataError(f"{path}:{i}: ids must be non-empty and have no surrounding whitespace, got {x!r}")
+    return ids
+
+
+def write_ids(path: str, ids: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for x in ids:
+            if "\n" in x or not x.strip():
+                raise ValueError(f"id {x!r} cannot be written one per line")
+            f.write(x + "\n")
+
+
+def check_unique(ids: Sequence[str], source: str) -> None:
+    seen: dict[str, int] = {}
+    for i, x in enumerate(ids, start=1):
+        if x in seen:
+            raise DataError(f"{source}:{i}: duplicate id {x!r} (first at line {seen[x]})")
+        seen[x] = i
+
+
+def load_embeddings(path: str, ids_path: Optional[str], what: str = "embeddings") -> tuple[list[str], np.ndarray]:
+    """``(ids, x_nd float32)`` from ``.npy`` + ids file; checks shape, row count, finiteness and unique ids."""
+    if not ids_path:
+        raise ValueError(f"{path}: a .npy file of {what} needs its ids file (one id per line, same order)")
+    x_nd = np.load(path, mmap_mode="r")
+    if x_nd.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D array [rows, dim] of {what}, got shape {x_nd.shape}")
+    ids = read_ids(ids_path)
+    if len(ids) != x_nd.shape[0]:
+        raise DataError(f"{ids_path}: {len(ids)} ids for {x_nd.shape[0]} rows of {path}")
+    if not ids:
+        raise DataError(f"{path}: no {what} (empty)")
+    check_unique(ids, ids_path)
+    x_nd = np.asarray(x_nd, dtype=np.float32)
+    if not np.isfinite(x_nd).all():
+        raise DataError(f"{path}: {what} contain NaN or infinite values")
+    return ids, x_nd
+
+
+def load_query_embeddings(path: str, ids_path: Optional[str] = None) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """``(query_ids, q_bd float32, reasoning)``: a ``.npy`` + ids file, or jsonl ``{id, embedding[, reasoning]}``."""
+    if path.endswith(".npy"):
+        ids, q_bd = load_embeddings(path, ids_path, "query embeddings")
+        return ids, q_bd, {}
+    ids, rows, reasoning = [], [], {}
+    for line_no, obj in read_jsonl(path):
+        qid = str(require(obj, "id", path, line_no, (str, int)))
+        emb = require(obj, "embedding", path, line_no, (list,))
+        if rows and len(emb) != len(rows[0]):
+            raise DataError(f"{path}:{line_no}: embedding has {len(emb)} values, earlier ones {len(rows[0])}")
+        ids.append(qid)
+        rows.append(emb)
+        if obj.get("reasoning"):
+            reasoning[qid] = obj["reasoning"]
+    if not ids:
+        raise DataError(f"{path}: no query embeddings (empty query set)")
+    check_unique(ids, path)
+    return ids, np.asarray(rows, dtype=np.float32), reasoning
+
+
+def search_to_run(index, q_bd: np.ndarray, query_ids: Sequence[str], k: int,
+                  batch_size: int = 1024) -> dict[str, dict[str, float]]:
+    """Search ``index`` (anything with ``.search(q_bd, k) -> (scores_bk, ids_bk)``) in batches -> TREC-style run."""
+    from t1_jax.retrieval.trec import run_from_arrays
+
+    if len(query_ids) == 0:
+        raise ValueError("search: the query set is empty")
+    run: dict[str, dict[str, float]] = {}
+    for start in range(0, len(query_ids), batch_size):
+        scores_bk, ids_bk = index.search(q_bd[start:start + batch_size], k)
+        run.update(run_from_arrays(query_ids[start:start + batch_size], scores_bk, ids_bk))
+    return run

@@ -1,0 +1,236 @@
+"""Document embeddings on disk with tensorstore (zarr, row-chunked), resumable and writable by many hosts.
+
+Layout of a store folder (local path or ``gs://bucket/path``)::
+
+    meta.json        num_docs, dim, dtype, chunk_rows, model fingerprint, sha256 of the ids
+    ids.txt          document ids, one per line, in row order
+    embeddings/      zarr array [num_docs, dim] (float16 or float32), chunks of ``chunk_rows`` rows x dim
+    done/<chunk>     an empty marker written after a chunk's data: a chunk without it is (re)computed on resume
+
+Chunk ``c`` is encoded by process ``c % process_count``, so hosts write disjoint chunks and never coordinate
+beyond one barrier after creation and one at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT = "t1-embeddings/1"
+_DTYPES = {"float16": "<f2", "float32": "<f4"}
+_TARGET_CHUNK_BYTES = 4 << 20
+
+
+def _kvstore_spec(path: str) -> dict:
+    if path.startswith("gs://"):
+        bucket, _, rest = path[len("gs://"):].partition("/")
+        return {"driver": "gcs", "bucket": bucket, "path": rest.rstrip("/") + "/"}
+    import os
+
+    return {"driver": "file", "path": os.path.abspath(path) + "/"}
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for x in ids:
+        h.update(x.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def default_chunk_rows(dim: int, dtype: str, batch_size: int = 1) -> int:
+    """About 4 MiB per chunk, a multiple of the encoding batch size."""
+    rows = max(1, _TARGET_CHUNK_BYTES // (dim * np.dtype(_DTYPES[dtype]).itemsize))
+    return max(batch_size, rows // batch_size * batch_size)
+
+
+class EmbeddingStore:
+    """Open with :meth:`create` or :meth:`open`; rows are written a whole chunk at a time."""
+
+    def __init__(self, path: str, meta: dict, ids: list[str], kv, array):
+        self.path, self.meta, self.ids, self._kv, self._array = path, meta, ids, kv, array
+
+    # ---- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str, num_docs: int, dim: int, dtype: str, ids: Sequence[str], fingerprint: str = "",
+               chunk_rows: Optional[int] = None) -> "EmbeddingStore":
+        """A new store, or the existing one at ``path`` when it was created with the same corpus, shape and model."""
+        import tensorstore as ts
+
+        if dtype not in _DTYPES:
+            raise ValueError(f"embedding dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if num_docs <= 0:
+            raise ValueError("cannot create an embedding store for an empty corpus")
+        if len(ids) != num_docs:
+            raise ValueError(f"{len(ids)} ids for {num_docs} documents")
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate document ids: every row of the store needs a distinct id")
+        if dim <= 0:
+            raise ValueError(f"embedding dim must be positive, got {dim}")
+        chunk_rows = int(chunk_rows or default_chunk_rows(dim, dtype))
+        meta = {"format": FORMAT, "num_docs": int(num_docs), "dim": int(dim), "dtype": dtype,
+                "chunk_rows": chunk_rows, "fingerprint": fingerprint, "ids_sha256": _ids_digest(ids)}
+        kv = ts.KvStore.open(_kvstore_spec(path)).result()
+        existing = kv.read("meta.json").result()
+        if existing.state == "value":
+            store = cls.open(path)
+            store._check_same(meta)
+            return store
+        array = ts.open({"driver": "zarr", "kvstore": {**_kvstore_spec(path), "path": _kvstore_spec(path)["path"]
+                                                      + "embeddings/"},
+                         "metadata": {"shape": [num_docs, dim], "chunks": [chunk_rows, dim],
+                                      "dtype": _DTYPES[dtype], "compressor": None, "fill_value": 0}},
+                        create=True, delete_existing=True).result()
+        kv.write("ids.txt", "".join(x + "\n" for x in ids).encode("utf-8")).result()
+        kv.write("meta.json", json.dumps(meta, indent=2).encode("utf-8")).result()  # last: marks a complete create
+        return cls(path, meta, list(ids), kv, array)
+
+    @classmethod
+    def open(cls, path: str) -> "EmbeddingStore":
+        import tensorstore as ts
+
+        kv = ts.KvStore.open(_kvstore_spec(path)).result()
+        raw = kv.read("meta.json").result()
+        if raw.state != "value":
+            raise FileNotFoundError(f"{path}: not an embedding store (no meta.json)")
+        meta = json.loads(bytes(raw.value).decode("utf-8"))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: unknown store format {meta.get('format')!r} (expected {FORMAT})")
+        ids = bytes(kv.read("ids.txt").result().value).decode("utf-8").split("\n")[:-1]
+        if len(ids) != meta["num_docs"] or _ids_digest(ids) != meta["ids_sha256"]:
+            raise ValueError(f"{path}: ids.txt does not match meta.json (store damaged)")
+        spec = _kvstore_spec(path)
+        array = ts.open({"driver": "zarr", "kvstore": {**spec, "path": spec["path"] + "embeddings/"}}).result()
+        return cls(path, meta, ids, kv, array)
+
+    def _check_same(self, wanted: dict) -> None:
+        for key in ("num_docs", "dim", "dtype", "fingerprint", "ids_sha256", "chunk_rows"):
+            if self.meta[key] != wanted[key]:
+                what = "document ids" if key == "ids_sha256" else key
+                raise ValueError(f"{self.path}: existing store has a different {what} ({self.meta[key]!r} vs "
+                                 f"{wanted[key]!r}); use a new folder or delete it to start over")
+
+    # ---- properties --------------------------------------------------------------------------------------------
+    num_docs = property(lambda self: self.meta["num_docs"])
+    dim = property(lambda self: self.meta["dim"])
+    dtype = property(lambda self: self.meta["dtype"])
+    chunk_rows = property(lambda self: self.meta["chunk_rows"])
+    fingerprint = property(lambda self: self.meta["fingerprint"])
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_docs // self.chunk_rows)
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.num_docs)
+
+    # ---- writing and reading -----------------------------------------------------------------------------------
+    def write_chunk(self, start: int, emb_nd: np.ndarray) -> None:
+        """Write the whole chunk that begins at row ``start``, then its done-marker."""
+        if start % self.chunk_rows or not 0 <= start < self.num_docs:
+            raise ValueError(f"chunk start {start} is not a chunk boundary (chunk_rows={self.chunk_rows}, "
+                             f"num_docs={self.num_docs})")
+        chunk = start // self.chunk_rows
+        stop = self.chunk_range(chunk)[1]
+        if emb_nd.shape != (stop - start, self.dim):
+            raise ValueError(f"chunk {chunk} needs shape {(stop - start, self.dim)}, got {emb_nd.shape}")
+        if not np.isfinite(emb_nd).all():
+            raise ValueError(f"chunk {chunk} (rows {start}..{stop - 1}) has NaN or infinite embeddings")
+        self._array[start:stop].write(np.asarray(emb_nd, dtype=_DTYPES[self.dtype])).result()
+        self._kv.write(f"done/{chunk:08d}", b"").result()
+
+    def done_chunks(self) -> set[int]:
+        keys = self._kv.list(range=__import__("tensorstore").KvStore.KeyRange("done/", "done0")).result()
+        return {int(bytes(k).decode()[len("done/"):]) for k in keys}
+
+    def missing_chunks(self) -> list[int]:
+        done = self.done_chunks()
+        return [c for c in range(self.num_chunks) if c not in done]
+
+    def read(self, start: int = 0, stop: Optional[int] = None, check_complete: bool = True) -> np.ndarray:
+        """Rows ``start:stop`` in the stored dtype; refuses an incomplete store unless ``check_complete=False``."""
+        if check_complete:
+            missing = self.missing_chunks()
+            if missing:
+                raise ValueError(f"{self.path}: {len(missing)} of {self.num_chunks} chunks are not written yet "
+                                 f"(e.g. chunk {missing[0]}); finish encoding (it resumes) before reading")
+        return self._array[start:self.num_docs if stop is None else stop].read().result()
+
+
+def _barrier(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def encode_corpus(doc_iter: Iterable[tuple[str, str]], embed_fn: Callable[[list[str]], np.ndarray], store_path: str,
+                  batch_size: int = 32, *, dtype: str = "float16", fingerprint: str = "",
+                  chunk_rows: Optional[int] = None, dim: Optional[int] = None, normalize: bool = True,
+                  process_index: Optional[int] = None, process_count: Optional[int] = None) -> EmbeddingStore:
+    """Embed ``(id, text)`` documents into a store at ``store_path``; chunks already written are skipped.
+
+    ``embed_fn(texts) -> [len(texts), dim]`` is the encoder hook (any model). ``dim`` is probed from one document
+    when not given. Process ``p`` of ``P`` (default: JAX's) encodes chunks ``c`` with ``c % P == p``.
+    """
+    import jax
+
+    from t1_jax.observe import progress
+
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    ids, texts = [], []
+    for doc_id, text in doc_iter:
+        ids.append(doc_id)
+        texts.append(text)
+    if not ids:
+        raise ValueError("encode: the corpus is empty")
+    if dim is None:
+        dim = int(np.asarray(embed_fn(texts[:1])).shape[-1])
+    rows = chunk_rows or default_chunk_rows(dim, dtype, batch_size)
+    if pi == 0:
+        store = EmbeddingStore.create(store_path, len(ids), dim, dtype, ids, fingerprint, rows)
+    _barrier("t1-store-created")
+    if pi != 0:
+        store = EmbeddingStore.open(store_path)
+        store._check_same({**store.meta, "num_docs": len(ids), "dim": dim, "dtype": dtype,
+                           "fingerprint": fingerprint, "ids_sha256": _ids_digest(ids)})
+    done = store.done_chunks()
+    mine = [c for c in range(store.num_chunks) if c % pc == pi]
+    todo = [c for c in mine if c not in done]
+    skipped_rows = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in mine if c in done)
+    if skipped_rows:
+        log.info("%s: resuming, %d of %d chunks of this process already written", store_path,
+                 len(mine) - len(todo), len(mine))
+    my_rows = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in mine)
+    bar = progress(None, total=my_rows, desc="encode", unit="doc", initial=skipped_rows)
+    t0 = time.time()
+    for chunk in todo:
+        start, stop = store.chunk_range(chunk)
+        parts = []
+        for b in range(start, stop, batch_size):
+            batch = texts[b:min(b + batch_size, stop)]
+            emb = np.asarray(embed_fn(batch), dtype=np.float32)
+            if emb.shape != (len(batch), dim):
+                raise ValueError(f"embed_fn returned shape {emb.shape} for {len(batch)} texts (expected "
+                                 f"{(len(batch), dim)})")
+            parts.append(emb)
+            bar.update(len(batch))
+        emb_nd = np.concatenate(parts)
+        if normalize:
+            emb_nd = emb_nd / np.maximum(np.linalg.norm(emb_nd, axis=1, keepdims=True), 1e-12)
+        store.write_chunk(start, emb_nd)
+    bar.close()
+    if todo:
+        log.info("encoded %d documents in %.1fs", sum(store.chunk_range(c)[1] - store.chunk_range(c)[0]
+                                                      for c in todo), time.time() - t0)
+    _barrier("t1-store-written")
+    return store

@@ -1,0 +1,71 @@
+"""TREC run files (``qid Q0 docid rank score tag``) and qrels files, read and written.
+
+Qrels reading lives in :mod:`t1_jax.data.readers` (training uses it too) and is re-exported here.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from t1_jax.data.readers import DataError, _open_text, read_qrels  # noqa: F401  (re-export)
+from t1_jax.retrieval.metrics import rank
+
+
+def read_run(path: str) -> dict[str, dict[str, float]]:
+    """A TREC run -> ``{qid: {docid: score}}``. A document listed twice for one query is an error."""
+    run: dict[str, dict[str, float]] = {}
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 6:
+                raise DataError(f"{path}:{line_no}: expected 'qid Q0 docid rank score tag', got {len(fields)} fields")
+            qid, _, docid, _, score, _ = fields
+            try:
+                value = float(score)
+            except ValueError:
+                raise DataError(f"{path}:{line_no}: score {score!r} is not a number") from None
+            docs = run.setdefault(qid, {})
+            if docid in docs:
+                raise DataError(f"{path}:{line_no}: document {docid!r} appears twice for query {qid!r}")
+            docs[docid] = value
+    if not run:
+        raise DataError(f"{path}: the run is empty")
+    return run
+
+
+def write_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str = "t1",
+              k: Optional[int] = None) -> None:
+    """Write ``run`` in trec_eval order (ranks 1..k per query), atomically."""
+    if any(ch.isspace() for ch in tag) or not tag:
+        raise ValueError(f"run tag must be a non-empty word without spaces, got {tag!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for qid, scores in run.items():
+            for r, docid in enumerate(rank(scores)[:k], start=1):
+                if any(ch.isspace() for ch in docid) or any(ch.isspace() for ch in qid):
+                    raise ValueError(f"ids in a TREC run cannot contain whitespace: query {qid!r}, document {docid!r}")
+                f.write(f"{qid} Q0 {docid} {r} {float(scores[docid])!r} {tag}\n")  # repr: exact round trip
+    os.replace(tmp, path)
+
+
+def run_from_arrays(query_ids: Sequence[str], scores_bk: np.ndarray, doc_ids_bk) -> dict[str, dict[str, float]]:
+    """``{qid: {docid: score}}`` from top-k arrays (``doc_ids_bk`` may hold strings or be an object array)."""
+    scores_bk = np.asarray(scores_bk, dtype=np.float64)
+    if scores_bk.shape[0] != len(query_ids):
+        raise ValueError(f"{len(query_ids)} query ids for {scores_bk.shape[0]} rows of scores")
+    run = {}
+    for qid, scores, docs in zip(query_ids, scores_bk, doc_ids_bk):
+        run[qid] = {str(d): float(s) for d, s in zip(docs, scores) if np.isfinite(s)}
+    return run
+
+
+def write_qrels(path: str, qrels: Mapping[str, Mapping[str, int]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for qid, docs in qrels.items():
+            for docid, rel in docs.items():
+                f.write(f"{qid} 0 {docid} {int(rel)}\n")

@@ -1,0 +1,101 @@
+"""Tensorstore embedding store: round trip, resume after a crash, per-process slices, refusals."""
+import numpy as np
+import pytest
+
+from t1_jax.retrieval.store import EmbeddingStore, encode_corpus
+
+DIM = 12
+
+
+def _docs(n):
+    return [(f"doc{i}", f"text number {i}") for i in range(n)]
+
+
+def _embed(texts):
+    """A deterministic stand-in encoder: a pseudo-random vector per text."""
+    out = []
+    for t in texts:
+        rng = np.random.default_rng(abs(hash(t)) % (2 ** 32))
+        out.append(rng.standard_normal(DIM))
+    return np.asarray(out, np.float32)
+
+
+def _reference(n):
+    x = _embed([t for _, t in _docs(n)])
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-7), ("float16", 1e-3)])
+def test_encode_round_trip(tmp_path, dtype, tol):
+    store = encode_corpus(_docs(45), _embed, str(tmp_path / "s"), batch_size=4, dtype=dtype, chunk_rows=8,
+                          fingerprint="model-a")
+    again = EmbeddingStore.open(str(tmp_path / "s"))
+    assert again.ids == [f"doc{i}" for i in range(45)]
+    assert again.num_chunks == 6 and again.missing_chunks() == []
+    x = again.read()
+    assert x.dtype == np.dtype(dtype) and x.shape == (45, DIM)
+    np.testing.assert_allclose(x.astype(np.float64), _reference(45), atol=tol)
+    assert store.fingerprint == "model-a"
+
+
+def test_resume_skips_written_chunks(tmp_path):
+    path = str(tmp_path / "s")
+    calls = []
+
+    def crashing(texts):
+        calls.append(len(texts))
+        if len(calls) == 5:  # dies in the middle of chunk 2 (batches of 4, chunks of 8 rows)
+            raise RuntimeError("preempted")
+        return _embed(texts)
+
+    with pytest.raises(RuntimeError, match="preempted"):
+        encode_corpus(_docs(30), crashing, path, batch_size=4, chunk_rows=8, dtype="float32", dim=DIM)
+    partial = EmbeddingStore.open(path)
+    assert partial.missing_chunks() == [2, 3]
+    with pytest.raises(ValueError, match="2 of 4 chunks are not written"):
+        partial.read()
+    seen = []
+
+    def counting(texts):
+        seen.extend(texts)
+        return _embed(texts)
+
+    store = encode_corpus(_docs(30), counting, path, batch_size=4, chunk_rows=8, dtype="float32", dim=DIM)
+    assert seen == [t for _, t in _docs(30)[16:]]  # only chunks 2 and 3 were embedded again
+    np.testing.assert_allclose(store.read(), _reference(30), atol=1e-6)
+
+
+def test_processes_write_disjoint_chunks(tmp_path):
+    path = str(tmp_path / "s")
+    seen = {0: [], 1: []}
+    for p in (0, 1):
+        def embed(texts, p=p):
+            seen[p].extend(texts)
+            return _embed(texts)
+
+        encode_corpus(_docs(40), embed, path, batch_size=4, chunk_rows=8, dtype="float32", dim=DIM,
+                      process_index=p, process_count=2)
+    texts = [t for _, t in _docs(40)]
+    assert seen[0] == texts[0:8] + texts[16:24] + texts[32:40]
+    assert seen[1] == texts[8:16] + texts[24:32]
+    np.testing.assert_allclose(EmbeddingStore.open(path).read(), _reference(40), atol=1e-6)
+
+
+def test_refusals(tmp_path):
+    path = str(tmp_path / "s")
+    with pytest.raises(ValueError, match="empty"):
+        encode_corpus([], _embed, path)
+    with pytest.raises(ValueError, match="duplicate"):
+        EmbeddingStore.create(path, 2, DIM, "float32", ["a", "a"])
+    encode_corpus(_docs(10), _embed, path, batch_size=4, chunk_rows=4, dtype="float32", fingerprint="m1")
+    with pytest.raises(ValueError, match="different fingerprint"):
+        encode_corpus(_docs(10), _embed, path, batch_size=4, chunk_rows=4, dtype="float32", fingerprint="m2")
+    with pytest.raises(ValueError, match="different num_docs"):
+        encode_corpus(_docs(11), _embed, path, batch_size=4, chunk_rows=4, dtype="float32", fingerprint="m1")
+    store = EmbeddingStore.open(path)
+    with pytest.raises(ValueError, match="not a chunk boundary"):
+        store.write_chunk(2, np.zeros((4, DIM), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        store.write_chunk(0, np.full((4, DIM), np.nan, np.float32))
+    with pytest.raises(FileNotFoundError, match="not an embedding store"):
+        EmbeddingStore.open(str(tmp_path / "nothing"))
