@@ -1,0 +1,260 @@
+"""Qwen3 decoder in Flax NNX: the same function as ``transformers``' ``Qwen3ForCausalLM``, with stacked (scanned) layers.
+
+Layout choices (see docs/model.md):
+- Every layer parameter is stored once, stacked over layers (leading ``layers`` logical axis). The forward runs a
+  ``jax.lax.scan`` over the stacked arrays (``scan_layers=True``, compile time independent of depth) or a Python loop
+  over the same arrays (``scan_layers=False``). Plain arrays in plain ``nnx.Param`` s, so ``nnx.split``/``nnx.merge``
+  inside ``jax.jit`` need no NNX transform.
+- Projections keep heads as their own dimension (``q_proj [d, n, h]``), so tensor parallelism shards heads and GQA
+  is an einsum over a group axis (``[b, t, k, g, h]``) instead of repeating K/V.
+- Each ``nnx.Param`` carries ``logical_axes`` metadata resolved through ``t1_jax.mesh.LOGICAL_RULES``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from t1_jax.config import ConfigError, ModelConfig, dtype as to_dtype
+from t1_jax.mesh import constrain
+from t1_jax.model.cache import KVCache, constrain_cache
+
+# Per-layer parameters: name -> (logical axes without the leading "layers" axis). Shapes come from layer_shapes().
+LAYER_AXES: dict[str, tuple[str, ...]] = {
+    "attn_norm": ("norm",),
+    "q_proj": ("embed", "heads", "head_dim"),
+    "k_proj": ("embed", "kv_heads", "head_dim"),
+    "v_proj": ("embed", "kv_heads", "head_dim"),
+    "q_norm": ("norm",),
+    "k_norm": ("norm",),
+    "o_proj": ("heads", "head_dim", "embed"),
+    "mlp_norm": ("norm",),
+    "gate_proj": ("embed", "mlp"),
+    "up_proj": ("embed", "mlp"),
+    "down_proj": ("mlp", "embed"),
+}
+NORM_PARAMS = ("attn_norm", "q_norm", "k_norm", "mlp_norm")
+
+# Activation logical axes.
+BTD = ("batch", "length", "embed")
+BTNH = ("batch", "length", "heads", "head_dim")
+BTKH = ("batch", "length", "kv_heads", "head_dim")
+BTF = ("batch", "length", "mlp")
+
+# remat policy name -> jax.checkpoint policy (None entry = no rematerialisation).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_MASKED = float(np.finfo(np.float32).min)
+
+
+def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Per-layer parameter shapes (without the leading layer axis)."""
+    d, f, n, k, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    return {
+        "attn_norm": (d,), "q_proj": (d, n, h), "k_proj": (d, k, h), "v_proj": (d, k, h), "q_norm": (h,),
+        "k_norm": (h,), "o_proj": (n, h, d), "mlp_norm": (d,), "gate_proj": (d, f), "up_proj": (d, f),
+        "down_proj": (f, d),
+    }
+
+
+def _init(key, shape, param_dtype, is_norm: bool, std: float = 0.02):
+    if is_norm:
+        return jnp.ones(shape, param_dtype)
+    return (std * jax.random.normal(key, shape, jnp.float32)).astype(param_dtype)
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers' parameters, each stacked over a leading layer axis."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pdt = to_dtype(cfg.param_dtype)
+        for name, shape in layer_shapes(cfg).items():
+            value = _init(rngs.params(), (cfg.num_layers, *shape), pdt, name in NORM_PARAMS)
+            setattr(self, name, nnx.Param(value, logical_axes=("layers", *LAYER_AXES[name])))
+
+    def arrays(self) -> dict[str, jax.Array]:
+        return {name: getattr(self, name)[...] for name in LAYER_AXES}
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm over the last axis, statistics in float32; the scale is applied in the input dtype (as HF does)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin ``[b, t, h]`` for the rotate-half convention (frequencies repeated over both halves), float32."""
+    inv_freq = (1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))).astype(np.float32)
+    angles = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+    half = x_btnh.shape[-1] // 2
+    rotated = jnp.concatenate([-x_btnh[..., half:], x_btnh[..., :half]], axis=-1)
+    cos = cos_bth[:, :, None, :].astype(x_btnh.dtype)
+    sin = sin_bth[:, :, None, :].astype(x_btnh.dtype)
+    return x_btnh * cos + rotated * sin
+
+
+def attention(q_btnh, k_bskh, v_bskh, allowed_bts, compute_dtype):
+    """Grouped-query attention: query heads grouped per KV head, K/V never repeated. Softmax in float32."""
+    b, t, n, h = q_btnh.shape
+    kv = k_bskh.shape[2]
+    q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32)
+    scores = scores * (h ** -0.5)
+    scores = jnp.where(allowed_bts[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(compute_dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh.astype(compute_dtype))
+    return out.reshape(b, t, n, h)
+
+
+def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv_bskh=None):
+    """One pre-norm decoder layer. ``p``: this layer's arrays. ``kv_bskh``: (cache k, cache v, write index) or None.
+
+    Returns the new residual stream and the (possibly updated) per-layer cache keys/values.
+    """
+    cdt = to_dtype(cfg.compute_dtype)
+    w = {name: value.astype(cdt) for name, value in p.items()}
+    h_btd = rms_norm(x_btd, w["attn_norm"], cfg.rms_norm_eps)
+    q = constrain(jnp.einsum("btd,dnh->btnh", h_btd, w["q_proj"]), BTNH)
+    k = constrain(jnp.einsum("btd,dkh->btkh", h_btd, w["k_proj"]), BTKH)
+    v = constrain(jnp.einsum("btd,dkh->btkh", h_btd, w["v_proj"]), BTKH)
+    q = apply_rope(rms_norm(q, w["q_norm"], cfg.rms_norm_eps), cos, sin)
+    k = apply_rope(rms_norm(k, w["k_norm"], cfg.rms_norm_eps), cos, sin)
+    if kv_bskh is not None:
+        cache_k, cache_v, index = kv_bskh
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
+        k, v = cache_k.astype(cdt), cache_v.astype(cdt)
+        new_kv = (cache_k, cache_v)
+    else:
+        new_kv = None
+    out = constrain(attention(q, k, v, allowed_bts, cdt), BTNH)
+    x_btd = constrain(x_btd + jnp.einsum("btnh,nhd->btd", out, w["o_proj"]), BTD)
+    h_btd = rms_norm(x_btd, w["mlp_norm"], cfg.rms_norm_eps)
+    gate = constrain(jnp.einsum("btd,df->btf", h_btd, w["gate_proj"]), BTF)
+    up = constrain(jnp.einsum("btd,df->btf", h_btd, w["up_proj"]), BTF)
+    x_btd = constrain(x_btd + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w["down_proj"]), BTD)
+    return x_btd, new_kv
+
+
+class Qwen3(nnx.Module):
+    """Qwen3 decoder. ``__call__`` returns final-normed hidden states; ``logits`` is applied only where asked."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        problems = cfg.validate()
+        if problems:
+            raise ConfigError("; ".join(problems))
+        self.cfg = cfg
+        pdt = to_dtype(cfg.param_dtype)
+        v, d = cfg.vocab_size, cfg.hidden_size
+        self.embed_tokens = nnx.Param(_init(rngs.params(), (v, d), pdt, False), logical_axes=("vocab", "embed"))
+        self.layers = DecoderLayers(cfg, rngs=rngs)
+        self.final_norm = nnx.Param(jnp.ones((d,), pdt), logical_axes=("norm",))
+        if cfg.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nnx.Param(_init(rngs.params(), (d, v), pdt, False), logical_axes=("embed", "vocab"))
+
+    def embed(self, tokens_bt: jax.Array) -> jax.Array:
+        table = self.embed_tokens[...]
+        return jnp.take(table, tokens_bt, axis=0).astype(to_dtype(self.cfg.compute_dtype))
+
+    def logits(self, hidden_xd: jax.Array) -> jax.Array:
+        """LM head on ``hidden [..., d]`` -> float32 ``[..., vocab]`` (tied: the embedding matrix)."""
+        cdt = to_dtype(self.cfg.compute_dtype)
+        hidden_xd = hidden_xd.astype(cdt)
+        if self.lm_head is None:
+            return jnp.einsum("...d,vd->...v", hidden_xd, self.embed_tokens[...].astype(cdt),
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,dv->...v", hidden_xd, self.lm_head[...].astype(cdt),
+                          preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_bt: jax.Array,
+                 cache: Optional[KVCache] = None) -> tuple[jax.Array, Optional[KVCache]]:
+        cfg = self.cfg
+        b, t = tokens_bt.shape
+        mask_bt = mask_bt.astype(bool)
+        x_btd = constrain(self.embed(tokens_bt), BTD)
+        cos, sin = rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
+        if cache is None:
+            key_valid_bs, q_slot, k_slot = mask_bt, jnp.arange(t), jnp.arange(t)
+        else:
+            cache = constrain_cache(cache)
+            key_valid_bs = jax.lax.dynamic_update_slice(cache.valid, mask_bt, (0, cache.index))
+            q_slot, k_slot = cache.index + jnp.arange(t), jnp.arange(cache.max_len)
+        allowed_bts = key_valid_bs[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])
+        params = self.layers.arrays()
+
+        def body(x, p, kv):
+            return decoder_layer(cfg, x, p, cos, sin, allowed_bts, kv)
+
+        policy = REMAT_POLICIES[cfg.remat]
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=policy, prevent_cse=not cfg.scan_layers)
+
+        if cache is None:
+            x_btd = self._run_layers_no_cache(body, x_btd, params)
+        else:
+            x_btd, cache = self._run_layers_cache(body, x_btd, params, cache, key_valid_bs, t)
+        hidden = rms_norm(x_btd, self.final_norm[...].astype(x_btd.dtype), cfg.rms_norm_eps)
+        return constrain(hidden, BTD), cache
+
+    def _run_layers_no_cache(self, body, x_btd, params):
+        if self.cfg.scan_layers:
+            x_btd, _ = jax.lax.scan(lambda x, p: (body(x, p, None)[0], None), x_btd, params)
+            return x_btd
+        for layer in range(self.cfg.num_layers):
+            x_btd = body(x_btd, jax.tree.map(lambda a: a[layer], params), None)[0]
+        return x_btd
+
+    def _run_layers_cache(self, body, x_btd, params, cache: KVCache, key_valid_bs, t: int):
+        index = cache.index
+
+        def step(carry, xs):
+            x, k_all, v_all = carry
+            p, layer = xs
+            k_l = jax.lax.dynamic_index_in_dim(k_all, layer, axis=0, keepdims=False)
+            v_l = jax.lax.dynamic_index_in_dim(v_all, layer, axis=0, keepdims=False)
+            x, (k_l, v_l) = body(x, p, (k_l, v_l, index))
+            # Write back only this step's t new slots (an in-place update inside decode loops).
+            new_k = jax.lax.dynamic_slice_in_dim(k_l, index, t, axis=1)[None]
+            new_v = jax.lax.dynamic_slice_in_dim(v_l, index, t, axis=1)[None]
+            k_all = jax.lax.dynamic_update_slice(k_all, new_k, (layer, 0, index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(v_all, new_v, (layer, 0, index, 0, 0))
+            return (x, k_all, v_all), None
+
+        carry = (x_btd, cache.k, cache.v)
+        layers = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+        if self.cfg.scan_layers:
+            carry, _ = jax.lax.scan(step, carry, (params, layers))
+        else:
+            for layer in range(self.cfg.num_layers):
+                carry, _ = step(carry, (jax.tree.map(lambda a: a[layer], params), layers[layer]))
+        x_btd, k_all, v_all = carry
+        new_cache = KVCache(k=k_all, v=v_all, valid=key_valid_bs, index=(index + t).astype(jnp.int32))
+        return x_btd, constrain_cache(new_cache)
+
+
+def abstract_model(cfg: ModelConfig) -> Qwen3:
+    """A Qwen3 whose parameters are ``jax.ShapeDtypeStruct`` s (no memory, no random init)."""
+    return nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
+
+
+@functools.lru_cache(maxsize=None)
+def param_count(cfg: ModelConfig) -> int:
+    shapes = layer_shapes(cfg)
+    per_layer = sum(int(np.prod(s)) for s in shapes.values())
+    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size
+    return cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size + cfg.hidden_size + head
