@@ -1,0 +1,1 @@
+"""The quickstart's synthetic reasoning-retrieval task (``task``) and its small tokenizer (``tokenizer``)."""

@@ -1,0 +1,347 @@
+"""A seeded synthetic retrieval task where finding the relevant document needs a short derivation.
+
+Queries ask for a product in digits ("what is 37 times 6?"); each document states one number in words plus an
+invented distractor code ("ledger kavo-rimu shows two hundred twenty-two."). Query and relevant document share no
+word, so lexical matching (BM25) fails; the answer is a non-smooth function of the query, so a static embedding of the
+query is only approximately right; a correct reasoning trace ("37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred
+twenty-two") ends in the document's own words. Every query's answer has near-miss neighbours in the corpus (answer
++-1, +-10, +-100, +-one operand), which are also the training hard negatives.
+
+Problem kinds are a registry (``KINDS``): ``mul_2x1`` (two-digit x one-digit: a small model learns it almost
+perfectly) and ``mul_3x1`` (three-digit x one-digit: three partial products and a three-term sum, the harder part,
+meant to leave sampled traces wrong often enough for GRPO to have signal). The mix is ``TaskConfig.kinds``.
+
+Files (``write_task``): ``train.jsonl`` (query, positives, negatives, reasoning), ``beir/{corpus,queries}.jsonl`` +
+``beir/qrels/test.tsv`` for the held-out queries, ``heldout.jsonl`` (answers + teacher traces of the held-out queries,
+for diagnostics only) and ``task.json`` (config and counts). Run ``python -m t1_jax.quickstart.task --out DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import re
+from typing import Callable, Iterator, Optional, Sequence
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+QUERY_TEMPLATES = ("what is {a} times {b}?", "compute {a} times {b}.", "{a} multiplied by {b} gives what?",
+                   "find the product of {a} and {b}.")
+DOC_TEMPLATES = ("record {code} holds {words}.", "{words}, filed as {code}.", "ledger {code} shows {words}.",
+                 "entry {code}: amount {words}.")
+_SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
+
+
+def number_words(n: int) -> str:
+    """English words for 0 <= n < 1,000,000, without "and": 1422 -> "one thousand four hundred twenty-two"."""
+    if not 0 <= n < 1_000_000:
+        raise ValueError(f"number_words covers 0..999999, got {n}")
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
+    if n < 1000:
+        return _ONES[n // 100] + " hundred" + ("" if n % 100 == 0 else " " + number_words(n % 100))
+    return number_words(n // 1000) + " thousand" + ("" if n % 1000 == 0 else " " + number_words(n % 1000))
+
+
+def words_to_number(text: str) -> Optional[int]:
+    """Inverse of :func:`number_words` (None when ``text`` is not exactly such a phrase)."""
+    values = {w: i for i, w in enumerate(_ONES)} | {w: 10 * i for i, w in enumerate(_TENS) if w != "_"}
+    total, current = 0, 0
+    for word in text.strip().replace("-", " ").split():
+        if word in values:
+            current += values[word]
+        elif word == "hundred" and current:
+            current *= 100
+        elif word == "thousand" and current:
+            total, current = total + current * 1000, 0
+        else:
+            return None
+    number = total + current
+    return number if number_words(number) == text.strip() else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Problem kinds
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    kind: str
+    a: int
+    b: int
+
+    @property
+    def answer(self) -> int:
+        return self.a * self.b
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemKind:
+    a_range: tuple[int, int]  # inclusive
+    b_range: tuple[int, int]
+
+    def pool(self, name: str) -> list[Problem]:
+        return [Problem(name, a, b) for a in range(self.a_range[0], self.a_range[1] + 1)
+                for b in range(self.b_range[0], self.b_range[1] + 1)]
+
+
+KINDS: dict[str, ProblemKind] = {
+    "mul_2x1": ProblemKind((10, 99), (2, 9)),
+    "mul_3x1": ProblemKind((100, 999), (2, 9)),
+}
+
+
+def teacher_reasoning(problem: Problem, stepwise_sums: bool = False) -> str:
+    """Place-value expansion, partial products, their sum, then the answer in the documents' words.
+
+    ``37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred twenty-two``; ``stepwise_sums`` adds the running sums of
+    three or more partial products one at a time (easier)."""
+    a, b = problem.a, problem.b
+    digits = str(a)
+    parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
+    steps = [f"{a} * {b}"]
+    if len(parts) > 1:
+        steps.append(" + ".join(f"{p} * {b}" for p in parts))
+        products = [p * b for p in parts]
+        steps.append(" + ".join(str(p) for p in products))
+        while stepwise_sums and len(products) > 2:
+            products = [products[0] + products[1]] + products[2:]
+            steps.append(" + ".join(str(p) for p in products))
+    steps.append(str(a * b))
+    return " = ".join(steps) + ", " + number_words(a * b)
+
+
+def answer_in_reasoning(text: str) -> Optional[int]:
+    """The number a trace ends with, read from its final words (after the last comma); None when unreadable."""
+    tail = text.rsplit(",", 1)[-1].strip().rstrip(".")
+    return words_to_number(tail)
+
+
+def near_misses(problem: Problem) -> list[int]:
+    """Plausible wrong answers: off by 1, 10, 100, or by one operand (a slip in a partial product or a carry)."""
+    v, a, b = problem.answer, problem.a, problem.b
+    candidates = [v + d for d in (-1, 1, -10, 10, -100, 100, -b, b, -a, a, -20, 20)]
+    return list(dict.fromkeys(c for c in candidates if c > 0 and c != v))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    seed: int = 0
+    num_train: int = 3000
+    num_test: int = 200
+    kinds: tuple[tuple[str, float], ...] = (("mul_2x1", 0.7), ("mul_3x1", 0.3))
+    num_hard_negatives: int = 3
+    num_distractor_docs: int = 300  # extra documents for numbers no query asks about
+    stepwise_sums: bool = False
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.num_train < 1 or self.num_test < 1:
+            errors.append(f"num_train and num_test must be >= 1, got {self.num_train}, {self.num_test}")
+        if self.num_hard_negatives < 0 or self.num_distractor_docs < 0:
+            errors.append("num_hard_negatives and num_distractor_docs must be >= 0")
+        if not self.kinds or any(w <= 0 for _, w in self.kinds):
+            errors.append(f"kinds must be (name, positive weight) pairs, got {self.kinds}")
+        for name, _ in self.kinds:
+            if name not in KINDS:
+                errors.append(f"unknown problem kind {name!r}; one of {', '.join(KINDS)}")
+        return errors
+
+
+PRESETS: dict[str, TaskConfig] = {
+    "full": TaskConfig(),
+    "fast": TaskConfig(num_train=256, num_test=32, num_distractor_docs=32),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    doc_id: str
+    value: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    query_id: str
+    text: str
+    problem: Problem
+    reasoning: str
+    positive_id: str
+    negative_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    cfg: TaskConfig
+    corpus: tuple[Document, ...]
+    train: tuple[Query, ...]
+    test: tuple[Query, ...]
+
+    def doc(self, doc_id: str) -> Document:
+        return self._by_id()[doc_id]
+
+    def _by_id(self) -> dict[str, Document]:
+        if "_docs" not in self.__dict__:
+            object.__setattr__(self, "_docs", {d.doc_id: d for d in self.corpus})
+        return self.__dict__["_docs"]
+
+    def qrels(self, split: str = "test") -> dict[str, dict[str, int]]:
+        return {q.query_id: {q.positive_id: 1} for q in getattr(self, split)}
+
+    def texts(self) -> Iterator[str]:
+        """Every text a model of this task reads (for training its tokenizer)."""
+        for d in self.corpus:
+            yield d.text
+        for q in self.train + self.test:
+            yield q.text
+            yield q.reasoning
+
+
+def _split_counts(total: int, kinds: Sequence[tuple[str, float]]) -> list[int]:
+    weights = [w for _, w in kinds]
+    counts = [int(total * w / sum(weights)) for w in weights]
+    counts[0] += total - sum(counts)
+    return counts
+
+
+def _make_code(rng: random.Random, reserved: set[str], used: set[str]) -> str:
+    while True:
+        parts = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))) for _ in range(2)]
+        code = "-".join(parts)
+        if code not in used and not reserved.intersection(parts):
+            used.add(code)
+            return code
+
+
+def reserved_words() -> set[str]:
+    """Words of the query side (templates), so distractor codes never create a lexical match."""
+    words = set(_ONES) | set(_TENS) | {"hundred", "thousand"}
+    for template in QUERY_TEMPLATES + DOC_TEMPLATES:
+        words |= set(re.findall(r"[a-z]+", template))
+    return words
+
+
+def generate_task(cfg: TaskConfig = TaskConfig()) -> Task:
+    """The whole task from ``cfg.seed``: same seed, same task."""
+    errors = cfg.validate()
+    if errors:
+        raise ValueError("invalid quickstart task config: " + "; ".join(errors))
+    rng = random.Random(cfg.seed)
+    test_problems, train_problems = [], []
+    for (name, _), n_test, n_train in zip(cfg.kinds, _split_counts(cfg.num_test, cfg.kinds),
+                                           _split_counts(cfg.num_train, cfg.kinds)):
+        pool = KINDS[name].pool(name)
+        rng.shuffle(pool)
+        if n_test >= len(pool):
+            raise ValueError(f"{name} has {len(pool)} distinct problems; {n_test} held-out ones leave none to train on")
+        test_problems += pool[:n_test]
+        rest = pool[n_test:]  # train on unseen-by-test pairs; cycle (with new phrasings) when asked for more
+        train_problems += [rest[i % len(rest)] for i in range(n_train)]
+    rng.shuffle(train_problems)
+
+    values = {p.answer for p in test_problems + train_problems}
+    misses = {p: rng.sample(near_misses(p), min(cfg.num_hard_negatives, len(near_misses(p))))
+              for p in dict.fromkeys(train_problems)}  # ordered: set order would vary with the hash seed
+    for p in test_problems:  # the corpus holds near misses of held-out answers too, so exactness matters
+        values.update(near_misses(p)[:6])
+    for negatives in misses.values():
+        values.update(negatives)
+    high = max(values)
+    extra = [v for v in range(1, high + 1) if v not in values]
+    values.update(rng.sample(extra, min(cfg.num_distractor_docs, len(extra))))
+
+    ordered = sorted(values)
+    rng.shuffle(ordered)  # document ids carry no information about the value
+    reserved, used = reserved_words(), set()
+    corpus = tuple(Document(f"doc{i:05d}", v, rng.choice(DOC_TEMPLATES).format(
+        code=_make_code(rng, reserved, used), words=number_words(v))) for i, v in enumerate(ordered))
+    doc_of = {d.value: d.doc_id for d in corpus}
+
+    def make(prefix: str, i: int, p: Problem, negatives: Sequence[int]) -> Query:
+        text = rng.choice(QUERY_TEMPLATES).format(a=p.a, b=p.b)
+        return Query(f"{prefix}{i:05d}", text, p, teacher_reasoning(p, cfg.stepwise_sums), doc_of[p.answer],
+                     tuple(doc_of[v] for v in negatives))
+
+    train = tuple(make("train", i, p, misses[p]) for i, p in enumerate(train_problems))
+    test = tuple(make("test", i, p, ()) for i, p in enumerate(test_problems))
+    return Task(cfg, corpus, train, test)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFiles:
+    root: str
+    train_jsonl: str
+    beir_dir: str
+    heldout_jsonl: str
+    meta_json: str
+
+
+def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_task(task: Task, out_dir: str) -> TaskFiles:
+    """Write the task in the formats the real pipelines read (training jsonl, BEIR layout)."""
+    beir = os.path.join(out_dir, "beir")
+    os.makedirs(os.path.join(beir, "qrels"), exist_ok=True)
+    files = TaskFiles(out_dir, os.path.join(out_dir, "train.jsonl"), beir, os.path.join(out_dir, "heldout.jsonl"),
+                      os.path.join(out_dir, "task.json"))
+    _write_jsonl(files.train_jsonl, [
+        {"query": q.text, "positives": [task.doc(q.positive_id).text],
+         "negatives": [task.doc(d).text for d in q.negative_ids], "reasoning": q.reasoning} for q in task.train])
+    _write_jsonl(os.path.join(beir, "corpus.jsonl"), [{"_id": d.doc_id, "title": "", "text": d.text}
+                                                      for d in task.corpus])
+    _write_jsonl(os.path.join(beir, "queries.jsonl"), [{"_id": q.query_id, "text": q.text} for q in task.test])
+    with open(os.path.join(beir, "qrels", "test.tsv"), "w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in task.test:
+            f.write(f"{q.query_id}\t{q.positive_id}\t1\n")
+    _write_jsonl(files.heldout_jsonl, [
+        {"query_id": q.query_id, "query": q.text, "kind": q.problem.kind, "answer": q.problem.answer,
+         "answer_words": number_words(q.problem.answer), "reasoning": q.reasoning} for q in task.test])
+    kinds = sorted({q.problem.kind for q in task.train + task.test})
+    meta = {"config": dataclasses.asdict(task.cfg), "num_docs": len(task.corpus), "num_train": len(task.train),
+            "num_test": len(task.test),
+            "test_by_kind": {k: sum(q.problem.kind == k for q in task.test) for k in kinds},
+            "train_by_kind": {k: sum(q.problem.kind == k for q in task.train) for k in kinds}}
+    with open(files.meta_json, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return files
+
+
+def main(argv: Optional[Sequence[str]] = None, _print: Callable[[str], None] = print) -> int:
+    parser = argparse.ArgumentParser(prog="python -m t1_jax.quickstart.task", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--fast", action="store_true", help="the small variant")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    cfg = dataclasses.replace(PRESETS["fast" if args.fast else "full"], seed=args.seed)
+    files = write_task(generate_task(cfg), args.out)
+    _print(f"wrote {files.train_jsonl}, {files.beir_dir}/ and {files.heldout_jsonl}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

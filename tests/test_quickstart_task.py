@@ -1,0 +1,238 @@
+"""The quickstart's synthetic task and tokenizer: determinism, no lexical shortcut, valid files, exact round trips."""
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from t1_jax.config import TextConfig
+from t1_jax.quickstart.task import (KINDS, PRESETS, Problem, TaskConfig, answer_in_reasoning, generate_task, main,
+                                    near_misses, number_words, teacher_reasoning, words_to_number, write_task)
+from t1_jax.quickstart.tokenizer import SPECIAL_TOKENS, text_config, tokenizer_texts, train_tokenizer
+from t1_jax.text import T1Formatter, load_tokenizer
+
+FAST = PRESETS["fast"]
+
+
+def words(text):
+    return set(re.findall(r"[a-z]+|\d+", text.lower()))
+
+
+def product_in_query(text):
+    a, b = map(int, re.findall(r"\d+", text))
+    return a * b
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def tree_digest(root):
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def task():
+    return generate_task(FAST)
+
+
+@pytest.fixture(scope="module")
+def files(task, tmp_path_factory):
+    return write_task(task, str(tmp_path_factory.mktemp("task")))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(task, tmp_path_factory):
+    cfg = text_config("")
+    return train_tokenizer(tokenizer_texts(task.texts(), cfg), 1024, str(tmp_path_factory.mktemp("tok")))
+
+
+def test_number_words():
+    assert number_words(222) == "two hundred twenty-two"
+    assert number_words(1422) == "one thousand four hundred twenty-two"
+    assert number_words(8010) == "eight thousand ten"
+    assert [number_words(n) for n in (0, 13, 90, 100, 1000)] == ["zero", "thirteen", "ninety", "one hundred",
+                                                                 "one thousand"]
+    assert all(words_to_number(number_words(n)) == n for n in range(10_000))
+    assert len({number_words(n) for n in range(10_000)}) == 10_000
+    assert words_to_number("two hundred and five") is None and words_to_number("hundred") is None
+
+
+def test_teacher_reasoning_is_correct_arithmetic():
+    assert teacher_reasoning(Problem("mul_2x1", 37, 6)) == "37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred twenty-two"
+    assert teacher_reasoning(Problem("mul_2x1", 40, 6)) == "40 * 6 = 240, two hundred forty"
+    stepwise = teacher_reasoning(Problem("mul_3x1", 237, 6), stepwise_sums=True)
+    assert "1200 + 180 + 42 = 1380 + 42 = 1422" in stepwise
+    for name, kind in KINDS.items():
+        for p in kind.pool(name)[::37]:
+            for stepwise in (False, True):
+                trace = teacher_reasoning(p, stepwise)
+                expressions, words_part = trace.rsplit(", ", 1)
+                # every side of the chain evaluates (independently, by Python) to the product
+                for side in expressions.split(" = "):
+                    assert re.fullmatch(r"[\d *+]+", side) and eval(side) == p.a * p.b, (trace, side)  # noqa: S307
+                assert words_part == number_words(p.a * p.b) and answer_in_reasoning(trace) == p.a * p.b
+
+
+def test_same_seed_same_task_different_seed_different(task, files, tmp_path):
+    again = write_task(generate_task(FAST), str(tmp_path / "again"))
+    assert tree_digest(again.root) == tree_digest(files.root)
+    other = generate_task(dataclasses.replace(FAST, seed=1))
+    assert [q.text for q in other.test] != [q.text for q in task.test]
+    # and in a fresh interpreter with another hash seed (set iteration order must not leak into the task)
+    code = ("import sys; from t1_jax.quickstart.task import main; sys.exit(main(['--fast', '--out', sys.argv[1]], "
+            "lambda s: None))")
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "sub")], check=True, env=env,
+                   cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert tree_digest(tmp_path / "sub") == tree_digest(files.root)
+
+
+def test_query_and_relevant_document_share_no_word(task):
+    for q in task.train + task.test:
+        positive = task.doc(q.positive_id).text
+        assert not words(q.text) & words(positive), (q.text, positive)
+        # ... while the teacher trace ends in exactly the positive document's number words
+        assert positive.count(number_words(q.problem.answer)) == 1
+        assert q.reasoning.endswith(", " + number_words(q.problem.answer))
+
+
+def test_subword_overlap_is_small(task, tokenizer_dir):
+    tok = load_tokenizer(tokenizer_dir)
+    vocab = {i: t for t, i in tok.get_vocab().items()}
+
+    def content(text):  # tokens with a letter or digit; whitespace and punctuation carry no meaning here
+        return {i for i in tok.encode(text) if re.search(r"[A-Za-z0-9]", vocab[i])}
+
+    overlaps = []
+    for q in task.test + task.train[:200]:
+        qt, dt = content(q.text), content(task.doc(q.positive_id).text)
+        overlaps.append(len(qt & dt) / len(qt | dt))
+    assert np.mean(overlaps) < 0.05, np.mean(overlaps)  # measured 0.0 for both presets
+
+
+def test_splits_labels_and_negatives_are_consistent(task):
+    ids = [d.doc_id for d in task.corpus]
+    assert len(set(ids)) == len(ids)
+    values = [d.value for d in task.corpus]
+    assert len(set(values)) == len(values)  # one document per number
+    for d in task.corpus:
+        stated = re.sub(r"^(record \S+ holds |ledger \S+ shows |entry \S+: amount )", "", d.text)
+        stated = re.sub(r", filed as \S+$", "", stated.rstrip("."))
+        assert words_to_number(stated) == d.value, d.text
+    for q in task.train + task.test:
+        answer = product_in_query(q.text)  # independent of the generator's bookkeeping
+        assert task.doc(q.positive_id).value == answer
+        assert all(task.doc(n).value != answer for n in q.negative_ids)
+        assert all(task.doc(n).value in near_misses(q.problem) for n in q.negative_ids)
+    assert all(len(q.negative_ids) == FAST.num_hard_negatives for q in task.train)
+    train_pairs = {(q.problem.a, q.problem.b) for q in task.train}
+    test_pairs = {(q.problem.a, q.problem.b) for q in task.test}
+    assert not train_pairs & test_pairs and len(test_pairs) == len(task.test)
+    assert len(task.train) == FAST.num_train and len(task.test) == FAST.num_test
+    # near misses of held-out answers are in the corpus, so retrieval must be exact, not approximate
+    corpus_values = set(values)
+    assert all(set(near_misses(q.problem)[:6]) <= corpus_values for q in task.test)
+
+
+def test_difficulty_mix_follows_the_weights():
+    task = generate_task(TaskConfig(num_train=1000, num_test=100, kinds=(("mul_2x1", 0.6), ("mul_3x1", 0.4))))
+    assert sum(q.problem.kind == "mul_3x1" for q in task.train) == 400
+    assert sum(q.problem.kind == "mul_3x1" for q in task.test) == 40
+    with pytest.raises(ValueError, match="unknown problem kind 'div'"):
+        generate_task(TaskConfig(kinds=(("div", 1.0),)))
+    with pytest.raises(ValueError, match="leave none to train on"):
+        generate_task(TaskConfig(num_test=800, kinds=(("mul_2x1", 1.0),)))
+
+
+def test_files_are_plain_jsonl_and_beir(task, files):
+    train = read_jsonl(files.train_jsonl)
+    assert len(train) == len(task.train)
+    for row in train:
+        assert set(row) == {"query", "positives", "negatives", "reasoning"}
+        assert isinstance(row["query"], str) and isinstance(row["reasoning"], str)
+        assert len(row["positives"]) == 1 and all(isinstance(t, str) for t in row["positives"] + row["negatives"])
+        assert number_words(product_in_query(row["query"])) in row["positives"][0]
+    corpus = read_jsonl(os.path.join(files.beir_dir, "corpus.jsonl"))
+    queries = read_jsonl(os.path.join(files.beir_dir, "queries.jsonl"))
+    assert all(set(d) == {"_id", "title", "text"} for d in corpus)
+    assert all(set(q) == {"_id", "text"} for q in queries)
+    with open(os.path.join(files.beir_dir, "qrels", "test.tsv"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "query-id\tcorpus-id\tscore"
+    qrels = [line.split("\t") for line in lines[1:]]
+    doc_text = {d["_id"]: d["text"] for d in corpus}
+    query_text = {q["_id"]: q["text"] for q in queries}
+    assert len(qrels) == len(queries) and {q for q, _, _ in qrels} == set(query_text)
+    for qid, did, score in qrels:
+        assert score == "1" and number_words(product_in_query(query_text[qid])) in doc_text[did]
+    heldout = read_jsonl(files.heldout_jsonl)
+    assert [h["query_id"] for h in heldout] == [q["_id"] for q in queries]
+    meta = json.load(open(files.meta_json))
+    assert meta["num_docs"] == len(corpus) and meta["config"]["seed"] == FAST.seed
+
+
+def test_bm25_cannot_match_queries_but_matches_reasoning(task):
+    """The lexical baseline fails on the queries; the teacher's reasoning (what T1 should write) finds the target."""
+    bm25s = pytest.importorskip("bm25s")
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    corpus_ids = [d.doc_id for d in task.corpus]
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([d.text for d in task.corpus], show_progress=False), show_progress=False)
+    qrels = task.qrels()
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
+
+    def ndcg(texts):
+        docs, scores = retriever.retrieve(bm25s.tokenize(texts, show_progress=False), k=10, show_progress=False)
+        run = {q.query_id: {corpus_ids[d]: float(s) + 1e-6 * (10 - r) for r, (d, s) in enumerate(zip(ds, ss))}
+               for q, ds, ss in zip(task.test, docs, scores)}
+        return np.mean([m["ndcg_cut_10"] for m in evaluator.evaluate(run).values()])
+
+    assert ndcg([q.text for q in task.test]) < 0.05
+    assert ndcg([q.reasoning for q in task.test]) > 0.5  # measured 0.83 (fast), 0.63 (full: more near misses)
+
+
+def test_tokenizer_round_trip_and_formats(task, tokenizer_dir):
+    tok = load_tokenizer(tokenizer_dir)
+    assert len(tok) <= 1024
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]  # <embtoken> present, not re-added
+    assert (tok.pad_token_id, tok.eos_token_id) == (0, 2)
+    vocab = {i: t for t, i in tok.get_vocab().items()}
+    for text in list(task.texts())[:500] + ["unseen: Ünïcode, tabs\tand 9876543210 <embtoken>!"]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == text
+        assert all(len(vocab[i]) == 1 for i in ids if re.search(r"\d", vocab[i])), "a digit token holds >1 char"
+    assert [vocab[i] for i in tok.encode("1234")] == ["1", "2", "3", "4"]
+    from transformers import AutoTokenizer  # plain transformers loads the folder too
+
+    assert AutoTokenizer.from_pretrained(tokenizer_dir).encode("37 times 6") == tok.encode("37 times 6")
+    fmt = T1Formatter(tok, text_config(tokenizer_dir))
+    q = task.test[0]
+    enc = fmt.query_with_reasoning(q.text, q.reasoning)
+    cfg = text_config(tokenizer_dir)
+    assert fmt.decode(enc.ids) == (f"<|im_start|>user\n{cfg.query_instruction}\nQuery: {q.text}<|im_end|>\n"
+                                   f"<|im_start|>assistant\n{q.reasoning}<embtoken>")
+    assert fmt.emb_token_id == 3 and fmt.eos_token_ids == (2, 0) and fmt.pad_token_id == 0
+    assert fmt.decode_reasoning(enc.ids[len(fmt.query_prompt(q.text).ids):]) == q.reasoning
+    # instructions and chat roles are whole tokens, so prompts stay short
+    assert len(fmt.query_prompt(q.text).ids) < 40 and not any(e.truncated for e in fmt.encode_many(
+        "query_with_reasoning", [(x.text, x.reasoning) for x in task.train]))
+    with pytest.raises(ValueError, match="vocab_size must exceed 260"):
+        train_tokenizer(["a"], 100, "unused")
+
+
+def test_text_config_is_valid():
+    assert TextConfig.validate(text_config("x")) == []
