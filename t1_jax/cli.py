@@ -16,6 +16,7 @@ from t1_jax.config import ConfigError
 # Order is the order of ``t1 --help``: roughly the order of the pipeline.
 COMMAND_MODULES: tuple[str, ...] = (
     "t1_jax.commands.config_cmd",
+    "t1_jax.commands.train",
     "t1_jax.commands.eval",
 )
 
@@ -46,7 +47,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"t1 {args.command}: config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except Exception as e:  # a known failure (bad data, non-finite loss ...) gets one line, not a traceback
+        from t1_jax.trainer import NonFiniteLossError
+
+        if not isinstance(e, (FileNotFoundError, ValueError, NonFiniteLossError)) or args.verbose:
+            raise
         print(f"t1 {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -161,9 +161,11 @@ class DataConfig:
 
     train_path: str = ""
     format: str = "jsonl"
+    corpus_path: str = ""  # jsonl positives/negatives given as document ids: the BEIR corpus.jsonl that holds them
     beir_split: str = "train"
     global_batch_size: int = 8
     num_hard_negatives: int = 1
+    max_positives: int = 4  # positives per query remembered for duplicate masking
     seed: int = 0
     shuffle: bool = True
     num_epochs: int = 0  # 0 = repeat forever
@@ -179,6 +181,10 @@ class DataConfig:
             errors.append(f"data.global_batch_size must be positive, got {self.global_batch_size}")
         if self.num_hard_negatives < 0:
             errors.append(f"data.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
+        if self.max_positives < 1:
+            errors.append(f"data.max_positives must be >= 1, got {self.max_positives}")
+        if list(self.length_buckets) != sorted(set(self.length_buckets)) or any(b <= 0 for b in self.length_buckets):
+            errors.append(f"data.length_buckets must be increasing positive lengths, got {self.length_buckets}")
         return errors
 
 

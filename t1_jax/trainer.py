@@ -58,7 +58,7 @@ class TrainStage:
     """What a training stage provides to the trainer."""
 
     name: str
-    init_params: Callable[[jax.Array], Params]  # rng -> params (traced under jit)
+    init_params: Callable[[jax.Array], Params]  # rng -> params (traced under jit; also gives the state's shardings)
     batches: Any  # checkpointable iterator (grain DatasetIterator: get_state/set_state) of host-local numpy dicts
     loss_fn: Optional[LossFn] = None  # (params, global batch, rng) -> (loss, metrics)
     # Custom step (GRPO): (state, batch, tx, schedule) -> (state, metrics); build it with ``apply_gradients``.
@@ -68,6 +68,9 @@ class TrainStage:
     tokens_in_batch: Optional[Callable[[Batch], int]] = None  # host-side count for tokens/s
     flops_per_token: float = 0.0  # training FLOPs per token, for the MFU estimate
     eval_fn: Optional[Callable[[Params, int], dict]] = None
+    # Starting parameters (e.g. an imported checkpoint or the previous stage), loaded only when there is nothing to
+    # resume; already placed on their shardings. None = ``init_params``.
+    pretrained: Optional[Callable[[], Params]] = None
 
 
 def apply_gradients(state: TrainState, grads: Params, tx: optax.GradientTransformation) -> TrainState:
@@ -219,6 +222,13 @@ class Trainer:
         import grain
 
         latest = manager.latest_step()
+        if latest is None and stage.pretrained is not None:
+            log.info("%s: no checkpoint in %s; starting from pretrained parameters", stage.name, self.workdir)
+            params = stage.pretrained()
+            from_params = jax.jit(lambda p, rng: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                                            opt_state=self.tx.init(p), rng=jax.random.split(rng)[1]),
+                                  out_shardings=state_shardings)
+            return from_params(params, rng0), 0
         if latest is None:
             log.info("%s: no checkpoint in %s; initialising", stage.name, self.workdir)
             return init(rng0), 0

@@ -1,0 +1,171 @@
+"""grain pipeline for the contrastive stages: shuffle, repeat, per-host shard, select, tokenize, bucket, batch.
+
+Each host reads its own slice of the examples (``process_index::process_count``) and yields host-local numpy batches;
+the trainer turns them into global arrays with ``jax.make_array_from_process_local_data``. The returned iterator is a
+grain ``DatasetIterator``, so its position is saved in every checkpoint and a resumed run sees the same batches.
+
+Batch layout (``b`` = per-host batch, ``H`` = ``data.num_hard_negatives``, ``n = b * (1 + H)`` documents):
+
+=================  ===========  ==================================================================================
+key                shape        meaning
+=================  ===========  ==================================================================================
+``q_ids``          [b, Tq]      query tokens (stage 1: direct query; stage 2: prompt + teacher reasoning), right-padded
+``q_valid``        [b, Tq]      1 = real token
+``q_loss``         [b, Tq]      1 = reasoning target token (stage 2 cross-entropy; zeros in stage 1)
+``d_ids``          [n, Td]      documents, per query ``[positive, negative_1 .. negative_H]``
+``d_valid``        [n, Td]
+``doc_keys``       [n]          31-bit text hash per document (-1 = padding slot when a query has < H negatives)
+``pos_col``        [b]          column of each query's positive among this host's n documents (= i * (1 + H))
+``pos_keys``       [b, P]       keys of all of the query's positives (-1 padded), for duplicate masking
+=================  ===========  ==================================================================================
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from t1_jax.data.examples import TrainExample, doc_key
+from t1_jax.text import T1Formatter
+
+ROUND_TO = 64  # without explicit buckets, lengths are padded up to a multiple of this (bounded recompiles)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Selected:
+    example: TrainExample
+    positive: str
+    negatives: tuple[Optional[str], ...]  # None = padding slot
+
+
+def _select(num_negatives: int):
+    def select(example: TrainExample, rng: np.random.Generator) -> _Selected:
+        positive = example.positives[rng.integers(len(example.positives))]
+        pool = list(example.negatives)
+        if len(pool) > num_negatives:
+            pool = [pool[i] for i in rng.choice(len(pool), size=num_negatives, replace=False)]
+        negatives = tuple(pool) + (None,) * (num_negatives - len(pool))
+        return _Selected(example, positive, negatives)
+
+    return select
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+    """The padded length for a batch whose longest sequence has ``length`` tokens."""
+    for b in buckets:
+        if length <= b:
+            return b
+    if buckets:
+        raise ValueError(f"a sequence of {length} tokens exceeds the largest length bucket {buckets[-1]}; add a larger "
+                         f"bucket to data.length_buckets")
+    return -(-length // ROUND_TO) * ROUND_TO
+
+
+class Collate:
+    """Tokenise a list of selected examples with the T1 formats and pad to the bucket lengths."""
+
+    def __init__(self, formatter: T1Formatter, with_reasoning: bool, num_negatives: int, max_positives: int,
+                 buckets: Sequence[int] = (), fixed_lengths: Optional[tuple[int, int]] = None):
+        self.formatter = formatter
+        self.with_reasoning = with_reasoning
+        self.num_negatives = num_negatives
+        self.max_positives = max_positives
+        self.buckets = tuple(buckets)
+        self.fixed_lengths = fixed_lengths  # multi-host: every host must produce the same shapes
+
+    def _pad(self, encoded, length):
+        ids = np.full((len(encoded), length), self.formatter.pad_token_id, np.int32)
+        valid = np.zeros((len(encoded), length), np.int32)
+        loss = np.zeros((len(encoded), length), np.int32)
+        for i, e in enumerate(encoded):
+            if e is None:  # a padding slot: one pad token, so attention has a key (its loss column is masked)
+                valid[i, 0] = 1
+                continue
+            ids[i, :len(e.ids)] = e.ids
+            valid[i, :len(e.ids)] = 1
+            if e.loss_mask is not None:
+                loss[i, :len(e.ids)] = e.loss_mask
+        return ids, valid, loss
+
+    def __call__(self, selected: Sequence[_Selected]) -> dict[str, np.ndarray]:
+        fmt = self.formatter
+        examples = [s.example for s in selected]
+        domains = [e.domain for e in examples]
+        if self.with_reasoning:
+            queries = fmt.encode_many("query_with_reasoning", [(e.query, e.reasoning or "") for e in examples],
+                                      domains)
+        else:
+            queries = fmt.encode_many("query_direct", [e.query for e in examples], domains)
+        doc_texts, doc_domains = [], []
+        for s in selected:
+            for text in (s.positive, *s.negatives):
+                doc_texts.append(text)
+                doc_domains.append(s.example.domain)
+        real = [i for i, t in enumerate(doc_texts) if t is not None]
+        encoded_real = fmt.encode_many("document", [doc_texts[i] for i in real], [doc_domains[i] for i in real])
+        docs = [None] * len(doc_texts)
+        for i, e in zip(real, encoded_real):
+            docs[i] = e
+        if self.fixed_lengths:
+            tq, td = self.fixed_lengths
+        else:
+            tq = bucket_length(max(len(q) for q in queries), self.buckets)
+            td = bucket_length(max(len(d) for d in encoded_real), self.buckets)
+        q_ids, q_valid, q_loss = self._pad(queries, tq)
+        d_ids, d_valid, _ = self._pad(docs, td)
+        per = 1 + self.num_negatives
+        doc_keys = np.array([doc_key(t) if t is not None else -1 for t in doc_texts], np.int32)
+        pos_keys = np.full((len(selected), self.max_positives), -1, np.int32)
+        for i, e in enumerate(examples):
+            keys = [doc_key(p) for p in e.positives[:self.max_positives]]
+            pos_keys[i, :len(keys)] = keys
+            if doc_keys[i * per] not in keys:  # the sampled positive is always among the remembered ones
+                pos_keys[i, -1] = doc_keys[i * per]
+        return {"q_ids": q_ids, "q_valid": q_valid, "q_loss": q_loss, "d_ids": d_ids, "d_valid": d_valid,
+                "doc_keys": doc_keys, "pos_col": (np.arange(len(selected)) * per).astype(np.int32),
+                "pos_keys": pos_keys}
+
+
+def max_lengths(formatter: T1Formatter, with_reasoning: bool, domains: Sequence[Optional[str]]) -> tuple[int, int]:
+    """Longest possible (query, document) encodings: measured by encoding over-long dummy texts, which truncate."""
+    long = "x " * 200_000
+    domains = list(dict.fromkeys(domains)) or [None]
+    if with_reasoning:
+        q = fmt_len(formatter, "query_with_reasoning", [(long, long)] * len(domains), domains)
+    else:
+        q = fmt_len(formatter, "query_direct", [long] * len(domains), domains)
+    d = fmt_len(formatter, "document", [long] * len(domains), domains)
+    return bucket_length(q, ()), bucket_length(d, ())
+
+
+def fmt_len(formatter, kind, rows, domains) -> int:
+    return max(len(e) for e in formatter.encode_many(kind, rows, domains))
+
+
+def contrastive_batches(examples: Sequence[TrainExample], formatter: T1Formatter, data_cfg, local_batch_size: int,
+                        with_reasoning: bool) -> grain.DatasetIterator:
+    """The checkpointable iterator of host-local contrastive batches (see the module docstring for the layout)."""
+    if local_batch_size <= 0:
+        raise ValueError(f"local batch size must be positive, got {local_batch_size}")
+    process, processes = jax.process_index(), jax.process_count()
+    ds = grain.MapDataset.source(list(examples))
+    if processes > 1:
+        ds = ds[process::processes]
+    if len(ds) < local_batch_size:
+        raise ValueError(f"{len(ds)} training examples on this host cannot fill a local batch of {local_batch_size}")
+    if data_cfg.shuffle:
+        ds = ds.shuffle(seed=data_cfg.seed)
+    ds = ds.repeat(data_cfg.num_epochs or None)
+    ds = ds.random_map(_select(data_cfg.num_hard_negatives), seed=data_cfg.seed + 1)
+    fixed = None
+    if processes > 1:  # every host must build arrays of the same global shape: pad to the longest possible
+        longest = max_lengths(formatter, with_reasoning, [e.domain for e in examples])
+        fixed = tuple(bucket_length(n, data_cfg.length_buckets) for n in longest)
+    collate = Collate(formatter, with_reasoning, data_cfg.num_hard_negatives, data_cfg.max_positives,
+                      data_cfg.length_buckets, fixed)
+    ds = ds.batch(local_batch_size, drop_remainder=True, batch_fn=collate)
+    read = grain.ReadOptions(num_threads=max(1, data_cfg.worker_count), prefetch_buffer_size=max(1, data_cfg.prefetch))
+    return iter(ds.to_iter_dataset(read))

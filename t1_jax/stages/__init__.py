@@ -1,0 +1,1 @@
+"""Training stages: each builds a TrainStage (init, loss or step, batches) for the one trainer."""

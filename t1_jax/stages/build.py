@@ -1,0 +1,121 @@
+"""From a config to a running stage: mesh, tokenizer, model config, data, initial parameters, trainer.
+
+This is the one place that wires the library together for ``t1 train`` (and the quickstart, which calls it per
+stage). Stage builders are looked up in ``STAGE_BUILDERS`` by ``trainer.stage``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable, Optional
+
+import jax
+from flax import nnx
+
+from t1_jax import config as config_lib
+from t1_jax import mesh as mesh_lib
+from t1_jax.config import ConfigError, ExperimentConfig
+from t1_jax.trainer import Trainer, TrainStage, TrainState
+
+log = logging.getLogger(__name__)
+
+MODEL_SUBDIR = "model"  # where a finished stage leaves its parameters (the next stage's trainer.init_from)
+
+
+def resolve_model_config(cfg: ExperimentConfig, formatter) -> ExperimentConfig:
+    """Take ``<embtoken>``/EOS/pad ids from the tokenizer; refuse a vocabulary smaller than the tokenizer."""
+    from t1_jax.text import model_config_for_tokenizer
+
+    model_cfg = model_config_for_tokenizer(cfg.model, formatter)
+    if model_cfg.vocab_size < len(formatter.tokenizer):
+        raise ConfigError(f"model.vocab_size {model_cfg.vocab_size} is smaller than the tokenizer "
+                          f"({len(formatter.tokenizer)} tokens including {cfg.text.emb_token})")
+    return dataclasses.replace(cfg, model=model_cfg)
+
+
+def model_dir(path: str) -> str:
+    """``init_from`` may name a saved model folder or a previous stage's workdir (its ``model/``)."""
+    candidate = os.path.join(path, MODEL_SUBDIR)
+    return candidate if os.path.isdir(candidate) else path
+
+
+def pretrained_loader(cfg: ExperimentConfig, mesh, formatter) -> Optional[Callable]:
+    if not cfg.trainer.init_from:
+        return None
+    source = model_dir(cfg.trainer.init_from)
+
+    def load():
+        from t1_jax.model.hf import set_token_row
+        from t1_jax.model.params_io import load_model
+
+        model = load_model(source, mesh=mesh)
+        loaded = model.cfg
+        if (loaded.num_layers, loaded.hidden_size, loaded.num_heads) != (
+                cfg.model.num_layers, cfg.model.hidden_size, cfg.model.num_heads):
+            raise ConfigError(f"trainer.init_from {source} holds a model of {loaded.num_layers} layers x "
+                              f"{loaded.hidden_size} wide, but the config asks for {cfg.model.num_layers} x "
+                              f"{cfg.model.hidden_size}")
+        if loaded.emb_token_id is None:  # a fresh HF import: give <embtoken> a sensible row
+            emb_id = cfg.model.emb_token_id
+            model = set_token_row(model, emb_id, n_real_tokens=len(formatter.tokenizer) - 1)
+            log.info("initialised the %s row (id %d) as the mean of the real token rows", cfg.text.emb_token, emb_id)
+        if model.cfg.vocab_size != cfg.model.vocab_size:
+            raise ConfigError(f"trainer.init_from {source} has vocab_size {model.cfg.vocab_size}; set "
+                              f"model.vocab_size={model.cfg.vocab_size}")
+        return nnx.split(model)[1]
+
+    return load
+
+
+def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
+    from t1_jax.data.examples import load_examples
+    from t1_jax.data.pipeline import contrastive_batches
+    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn, model_functions
+    from t1_jax.model.qwen3 import param_count
+
+    with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
+    examples = load_examples(cfg.data, require_reasoning=with_reasoning)
+    local_batch = cfg.data.global_batch_size // jax.process_count()
+    batches = contrastive_batches(examples, formatter, cfg.data, local_batch, with_reasoning)
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    return TrainStage(
+        name=f"stage {'2 (reasoning)' if with_reasoning else '1 (contrastive)'}",
+        init_params=init_params, batches=batches, loss_fn=make_loss_fn(cfg, graphdef, mesh),
+        param_shardings=shardings, pretrained=pretrained_loader(cfg, mesh, formatter),
+        tokens_in_batch=lambda b: int(b["q_valid"].sum() + b["d_valid"].sum()),
+        flops_per_token=6.0 * param_count(cfg.model))
+
+
+STAGE_BUILDERS: dict[str, Callable[..., TrainStage]] = {
+    "contrastive": contrastive_stage,
+    "reasoning": contrastive_stage,
+}
+
+
+def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
+    """Validate, build the stage named by ``trainer.stage``, train (resuming), and save the final model."""
+    from t1_jax.text import formatter_from_config
+
+    mesh_lib.initialize_distributed(cfg.mesh)
+    config_lib.validate(cfg, device_count=jax.device_count())
+    if cfg.trainer.stage not in STAGE_BUILDERS:
+        raise ConfigError(f"trainer.stage {cfg.trainer.stage!r} has no builder; known: {sorted(STAGE_BUILDERS)}")
+    if not cfg.text.tokenizer:
+        raise ConfigError("text.tokenizer is empty: set it to a tokenizer folder (e.g. the one saved with the model)")
+    formatter = formatter_from_config(cfg.text)
+    cfg = resolve_model_config(cfg, formatter)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    stage = STAGE_BUILDERS[cfg.trainer.stage](cfg, mesh, formatter)
+    trainer = Trainer(cfg, workdir, mesh)
+    state = trainer.fit(stage)
+    if int(state.step) >= cfg.trainer.num_steps:
+        from t1_jax.model import abstract_model
+        from t1_jax.model.params_io import save_model
+
+        graphdef = nnx.graphdef(abstract_model(cfg.model))
+        out = os.path.join(workdir, MODEL_SUBDIR)
+        save_model(out, nnx.merge(graphdef, state.params))
+        formatter.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+        log.info("finished %s: model saved to %s", stage.name, out)
+    return state
