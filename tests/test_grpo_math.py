@@ -10,7 +10,8 @@ from jax.sharding import PartitionSpec as P
 
 from t1_jax import config as config_lib
 from t1_jax.config import GRPOConfig, MeshConfig
-from t1_jax.grpo import ADVANTAGES, AGGREGATIONS, REWARDS, combined_reward, compute_advantages, policy_loss
+from t1_jax.grpo import (ADVANTAGES, AGGREGATIONS, REWARDS, combined_reward, compute_advantages, labels_from_ids,
+                         policy_loss)
 from t1_jax.mesh import make_mesh
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -277,6 +278,17 @@ def test_ndcg_matches_pytrec_eval():
             run = {"q": {f"d{p}": float(scores[p]) for p in range(len(pool)) if labels[b, p] >= 0}}
             res = pytrec_eval.RelevanceEvaluator(qrel, {"ndcg_cut_5"}).evaluate(run)
             np.testing.assert_allclose(r[b, g], res["q"]["ndcg_cut_5"], rtol=1e-5)
+
+
+def test_labels_from_ids():
+    pool_ids = np.array([10, 11, 12, -1, 11, 13])
+    pos_ids = np.array([[11, -1], [13, 10], [-1, -1]])
+    grades = np.array([[2.0, 0.0], [1.0, 3.0], [0.0, 0.0]])
+    expected = np.array([[0, 2, 0, -1, 2, 0], [3, 0, 0, -1, 0, 1], [0, 0, 0, -1, 0, 0]], np.float32)
+    got = labels_from_ids(jnp.asarray(pool_ids), jnp.asarray(pos_ids), jnp.asarray(grades))
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    binary = labels_from_ids(jnp.asarray(pool_ids), jnp.asarray(pos_ids))
+    np.testing.assert_array_equal(np.asarray(binary), np.minimum(expected, 1))
 
 
 def test_ties_are_broken_by_pool_index():

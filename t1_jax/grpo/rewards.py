@@ -43,6 +43,20 @@ def _scores(q_emb, pool_emb_pd, labels_bp):
     return s_bgp, labels >= 0, labels > 0, labels
 
 
+def labels_from_ids(pool_ids_p: jax.Array, pos_ids_bp: jax.Array, grades_bp=None) -> jax.Array:
+    """``labels_bp`` for a pool of documents identified by id (e.g. the gathered batch documents).
+
+    Item p is relevant to query b with the grade of the matching positive (``grades_bp``, default 1) when its id is one
+    of b's positive ids (``pos_ids_bp``, -1 padded), a candidate negative (0) otherwise, and not a candidate (-1) when
+    its id is negative (padding).
+    """
+    if grades_bp is None:
+        grades_bp = jnp.ones(pos_ids_bp.shape, jnp.float32)
+    match_bpk = (pool_ids_p[None, :, None] == pos_ids_bp[:, None, :]) & (pos_ids_bp[:, None, :] >= 0)
+    grade_bp = jnp.max(jnp.where(match_bpk, grades_bp.astype(jnp.float32)[:, None, :], 0.0), axis=-1)
+    return jnp.where(pool_ids_p[None, :] < 0, -1.0, grade_bp)
+
+
 def ndcg_reward(q_emb, pool_emb_pd, labels_bp, forced_bg, lengths_bg, cfg) -> jax.Array:
     """nDCG@k (k = ``reward_k``) of the pool ranking, gains from ``ndcg_gain``; 0 for a query with no relevant item."""
     s_bgp, cand, _, labels = _scores(q_emb, pool_emb_pd, labels_bp)
