@@ -382,3 +382,14 @@ def roofline_seconds(flops: float, chips: int, peak: float) -> float:
     if chips <= 0 or peak <= 0:
         raise ValueError(f"roofline_seconds: chips and peak must be positive, got {chips}, {peak}")
     return flops / (chips * peak)
+
+
+def format_step_estimate(flops: FlopCount, spec: TopologySpec, tokens: int) -> str:
+    """Two lines for a compile check: step FLOPs by part, and the roofline step time with the tokens/s it implies."""
+    seconds = roofline_seconds(flops.total, spec.chips, spec.chip.peak_bf16_flops)
+    parts = ", ".join(f"{name} {value:.3g}" for name, value in (("layers", flops.layers), ("attention", flops.attention),
+                                                               ("lm head", flops.lm_head), ("remat", flops.recompute)))
+    rate = tokens / seconds if seconds > 0 else float("inf")
+    return (f"FLOPs per step: {flops.total:.4g} ({parts})\n"
+            f"roofline step time at {spec.chip.peak_bf16_flops / 1e12:g} TFLOP/s x {spec.chips} chips: "
+            f"{seconds * 1e3:.2f} ms -> at most {rate:,.0f} tokens/s")

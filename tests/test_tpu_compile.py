@@ -269,3 +269,34 @@ def test_unknown_chip_has_no_verdict():
     explicit, _ = tpu.compile_report(jax.jit(lambda x: x + 1), (jax.ShapeDtypeStruct((8,), jnp.float32),),
                                      chip=dataclasses.replace(tpu.chip_spec("v4"), hbm_bytes=1))
     assert explicit.fits is False
+
+
+@needs_libtpu
+def test_compile_for_a_multi_host_slice():
+    # v4-32 = 16 chips on 4 hosts: one process compiles the program that every host would run.
+    devices = tpu.abstract_mesh_devices("v4-32")
+    assert sorted({d.process_index for d in devices}) == [0, 1, 2, 3]
+    mesh = tpu.topology_mesh("v4-32", MeshConfig(data=4, fsdp=4, tensor=1))
+    d, f, b = 512, 2048, 64
+    w_df = jax.ShapeDtypeStruct((d, f), jnp.float32, sharding=logical_sharding(mesh, ("embed", "mlp")))
+    w_fd = jax.ShapeDtypeStruct((f, d), jnp.float32, sharding=logical_sharding(mesh, ("mlp", "embed")))
+    x_bd = jax.ShapeDtypeStruct((b, d), jnp.bfloat16, sharding=logical_sharding(mesh, ("batch", "embed")))
+
+    def step(w1, w2, x):
+        def loss(w1, w2):
+            return jnp.mean(jnp.tanh(x.astype(jnp.float32) @ w1) @ w2)
+        grads = jax.grad(loss, argnums=(0, 1))(w1, w2)
+        return w1 - grads[0], w2 - grads[1]
+
+    report, _ = tpu.compile_report(jax.jit(step), (w_df, w_fd, x_bd))
+    assert report.num_devices == 16 and report.chip == "v4" and report.fits
+    # weights split 4 ways over fsdp (embed dim), the batch 16 ways over data x fsdp
+    assert report.argument_bytes == 2 * d * f * 4 // 4 + b * d * 2 // 16
+
+
+def test_format_step_estimate():
+    spec = tpu.parse_topology("v5p-8")
+    flops = tpu.FlopCount(layers=4 * 459e12 * 0.75, attention=4 * 459e12 * 0.25, lm_head=0.0, recompute=0.0)
+    text = tpu.format_step_estimate(flops, spec, tokens=8192)
+    assert "FLOPs per step: 1.836e+15" in text
+    assert "459 TFLOP/s x 4 chips: 1000.00 ms -> at most 8,192 tokens/s" in text
