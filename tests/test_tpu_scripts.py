@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import pytest
 
@@ -120,6 +121,13 @@ def test_run_dry_run():
     assert lines == [f"gcloud compute tpus tpu-vm ssh t1-pod {SCOPE} --worker=all --command '{remote}'"]
 
 
+def test_run_stop_dry_run():
+    assert dry("run.sh", *SLICE, "--run", "s1", "--stop") == [
+        f"gcloud compute tpus tpu-vm ssh t1-pod {SCOPE} --worker=all --command 'if [ -f t1-logs/s1.pid ] && kill -0 "
+        "\"$(cat t1-logs/s1.pid)\" 2>/dev/null; then kill -TERM -- -\"$(cat t1-logs/s1.pid)\" && echo \"t1: stopped "
+        "run s1 on $(hostname)\"; else echo \"t1: run s1 is not running on $(hostname)\"; fi'"]
+
+
 def test_logs_dry_run():
     assert dry("logs.sh", *SLICE, "--run", "stage1", "--worker", "2", "--follow") == [
         f"gcloud compute tpus tpu-vm ssh t1-pod {SCOPE} --worker=2 --command 'tail -n 100 -F t1-logs/stage1.log'"]
@@ -175,6 +183,7 @@ def test_help(script):
     ("run.sh", [*SLICE, "--env", "NOEQUALS", "--", "x"], "--env needs KEY=VALUE"),
     ("run.sh", [*SLICE, "--run", "a b", "--", "x"], "--run 'a b'"),
     ("run.sh", [*SLICE, "--detach", "--stream", "--", "x"], "exclude each other"),
+    ("run.sh", [*SLICE, "--stop", "--", "x"], "--stop takes no command"),
     ("logs.sh", [*SLICE, "--worker", "all", "--follow"], "--follow needs a single --worker"),
     ("logs.sh", [*SLICE, "--worker", "x"], "--worker must be a worker index or all"),
     ("supervise.sh", [*SLICE, "--type", "v5p-8", "--repo-url", "u", "--max-retries", "-1", "--", "x"],
@@ -308,6 +317,34 @@ def test_run_reattaches_to_a_live_run(fake):
     assert attached.returncode == 0
     assert "already running" in attached.stdout and "first-finished" in attached.stdout
     assert "second-must-not-run" not in attached.stdout
+
+
+def test_run_stop_ends_the_run_on_every_worker(fake):
+    env = fake["env"]
+    started = sh("run.sh", *SLICE, "--detach", "--", "sleep", "60", env=env)
+    assert started.returncode == 0, started.stderr
+    pids = [int((fake["state"] / f"worker{w}" / "t1-logs" / "train.pid").read_text()) for w in range(2)]
+    for pid in pids:
+        os.kill(pid, 0)  # alive
+    stopped = sh("run.sh", *SLICE, "--stop", "--stream", env=env)
+    assert stopped.returncode == 0 and stopped.stdout.count("t1: stopped run train on") == 2
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+    # (A second --stop would print "is not running" on a TPU VM; in this container PID 1 does not reap the orphaned
+    # process, and `kill -0` still sees the zombie, so it is not asserted here.)
+    never = sh("run.sh", *SLICE, "--run", "never-started", "--stop", "--stream", env=env)
+    assert never.stdout.count("t1: run never-started is not running on") == 2
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = pathlib.Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())  # a zombie is dead
 
 
 def test_supervise_recreates_after_preemption_and_reruns(fake):

@@ -7,6 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   cat <<USAGE
 Usage: tpu/run.sh --project P --zone Z --name N [--run R] [--env K=V ...] [--detach|--stream] [--dry-run] -- COMMAND...
+       tpu/run.sh --project P --zone Z --name N [--run R] --stop [--dry-run]
 
 Run COMMAND in ~/REMOTE_DIR on every worker at once ('tpu-vm ssh --worker=all'). On each worker the command runs
 under setsid+nohup with its output in ~/t1-logs/R.log, so a dropped ssh connection does not stop training; running
@@ -26,6 +27,7 @@ Flags (environment variable in brackets):
   --log-dir L       local folder for per-worker logs (default tpu-logs) [T1_LOG_DIR]
   --env K=V         export K=V before COMMAND (repeatable)
   --detach          start the command and return at once (follow it with tpu/logs.sh)
+  --stop            stop run R on every worker (SIGTERM to its process group); no COMMAND
   --stream          print every worker's output on stdout instead of per-worker files
   --dry-run         print the commands, one per line, and run nothing
   -h, --help        this help
@@ -34,6 +36,7 @@ USAGE
 
 DETACH=0
 STREAM=0
+STOP=0
 # shellcheck disable=SC2016  # expanded on the workers, not here
 EXPORTS='export PATH="$HOME/.local/bin:$PATH"; '
 COMMAND=()
@@ -41,6 +44,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --detach) DETACH=1; shift ;;
     --stream) STREAM=1; shift ;;
+    --stop) STOP=1; shift ;;
     --) shift; COMMAND=("$@"); break ;;
     *)
       if ! t1_common_flag "project zone name run remote-dir log-dir env" "$@"; then
@@ -51,6 +55,14 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 t1_check_slice
+if ((STOP)); then
+  [[ ${#COMMAND[@]} -eq 0 ]] || t1_die "--stop takes no command"
+  pid="${REMOTE_LOGS}/${RUN}.pid"
+  t1_ssh_cmd all "if [ -f ${pid} ] && kill -0 \"\$(cat ${pid})\" 2>/dev/null; then kill -TERM -- -\"\$(cat ${pid})\"\
+ && echo \"t1: stopped run ${RUN} on \$(hostname)\"; else echo \"t1: run ${RUN} is not running on \$(hostname)\"; fi"
+  t1_run "${T1_CMD[@]}"
+  exit 0
+fi
 [[ ${#COMMAND[@]} -gt 0 ]] || t1_die "no command: put it after '--', e.g. -- t1 train --config X --workdir gs://B/run"
 ((DETACH && STREAM)) && t1_die "--detach and --stream exclude each other"
 
