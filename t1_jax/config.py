@@ -270,6 +270,13 @@ class SamplingConfig:
         return errors
 
 
+# Names of the GRPO registries (t1_jax.grpo.*), repeated here so validating a config does not import JAX; a test keeps
+# them equal to the registries.
+GRPO_REWARDS = ("ndcg", "mrr", "contrastive", "forced_penalty", "length")
+GRPO_ADVANTAGES = ("grpo", "drgrpo")
+GRPO_AGGREGATIONS = ("token_mean", "sequence_mean", "token_sum_norm")
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     """Stage 3. Every field is our design choice; see docs/design-choices.md."""
@@ -279,17 +286,19 @@ class GRPOConfig:
     rewards: tuple[tuple[str, float], ...] = (("ndcg", 1.0), ("forced_penalty", 0.1))
     reward_k: int = 10
     reward_temperature: float = 0.05
-    advantage: str = "grpo"  # grpo | drgrpo
+    advantage: str = "grpo"  # grpo | drgrpo (t1_jax.grpo.ADVANTAGES)
     advantage_eps: float = 1e-6
     epsilon_low: float = 0.2
     epsilon_high: float = 0.28
     inner_steps: int = 1  # mu
     beta: float = 0.01  # KL coefficient
     kl_clamp: float = 10.0
-    loss_aggregation: str = "token_mean"  # token_mean | sequence_mean
+    loss_aggregation: str = "token_mean"  # token_mean | sequence_mean | token_sum_norm (t1_jax.grpo.AGGREGATIONS)
     pool_refresh_every: int = 0  # 0 = pool embedded by the current model each step
     aux_infonce_weight: float = 0.0
     logprob_chunk_size: int = 128
+    ndcg_gain: str = "linear"  # linear (trec_eval's) | exponential (2^rel - 1); see t1_jax.grpo.rewards.GAINS
+    length_budget: int = 0  # tokens; the "length" reward penalises each token beyond it (needs > 0 when used)
 
     def validate(self) -> list[str]:
         errors = []
@@ -306,8 +315,31 @@ class GRPOConfig:
             errors.append(f"grpo.inner_steps must be >= 1, got {self.inner_steps}")
         if self.beta < 0:
             errors.append(f"grpo.beta must be >= 0, got {self.beta}")
-        if self.loss_aggregation not in ("token_mean", "sequence_mean"):
-            errors.append(f"grpo.loss_aggregation must be token_mean or sequence_mean, got {self.loss_aggregation!r}")
+        if self.loss_aggregation not in GRPO_AGGREGATIONS:
+            errors.append(f"grpo.loss_aggregation must be one of {', '.join(GRPO_AGGREGATIONS)}; got "
+                          f"{self.loss_aggregation!r}")
+        if self.advantage not in GRPO_ADVANTAGES:
+            errors.append(f"grpo.advantage must be one of {', '.join(GRPO_ADVANTAGES)}; got {self.advantage!r}")
+        if self.advantage_eps < 0:
+            errors.append(f"grpo.advantage_eps must be >= 0, got {self.advantage_eps}")
+        for name, weight in self.rewards:
+            if name not in GRPO_REWARDS:
+                errors.append(f"grpo.rewards: unknown reward {name!r}; known: {', '.join(GRPO_REWARDS)}")
+            if not math.isfinite(weight):
+                errors.append(f"grpo.rewards: weight of {name!r} must be finite, got {weight}")
+        if self.reward_k <= 0:
+            errors.append(f"grpo.reward_k must be positive, got {self.reward_k}")
+        if not self.reward_temperature > 0:
+            errors.append(f"grpo.reward_temperature must be positive, got {self.reward_temperature}")
+        if self.ndcg_gain not in ("linear", "exponential"):
+            errors.append(f"grpo.ndcg_gain must be linear or exponential, got {self.ndcg_gain!r}")
+        if self.length_budget < 0 or (self.length_budget == 0 and any(n == "length" for n, _ in self.rewards)):
+            errors.append(f"grpo.length_budget must be > 0 when the length reward is used (>= 0 otherwise), got "
+                          f"{self.length_budget}")
+        if not self.kl_clamp > 0:
+            errors.append(f"grpo.kl_clamp must be positive, got {self.kl_clamp}")
+        if self.logprob_chunk_size <= 0:
+            errors.append(f"grpo.logprob_chunk_size must be positive, got {self.logprob_chunk_size}")
         return errors
 
 

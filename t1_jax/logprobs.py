@@ -44,7 +44,7 @@ def _check(hidden_btd, targets_bt, chunk):
 
 def chunked_token_ce(hidden_btd: jax.Array, targets_bt: jax.Array, weights_bt: jax.Array,
                      logits_fn: Callable[[jax.Array], jax.Array], chunk: int):
-    """``(sum_ce, sum_weight)``: sum over tokens of ``weights * -log softmax(logits_fn(hidden))[target]`` and of weights.
+    """``(sum_ce, sum_weight)``: token sums of ``weights * -log softmax(logits_fn(hidden))[target]`` and of weights.
 
     The mean cross-entropy is ``sum_ce / max(sum_weight, 1)``; returning sums lets callers aggregate over micro-batches
     and devices before dividing. Logits are cast to float32 before the softmax.

@@ -11,7 +11,7 @@ rather than counted as a negative. A document id of -1 marks a padding column th
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -277,6 +277,24 @@ def test_token_logprobs_match_float64(temperature):
     assert logp.shape == (B, T) and ent.shape == (B, T)
 
 
+def test_token_logprobs_gradient_matches_float64():
+    """d/dlogits of sum(c * logp) is c * (onehot - softmax) / temperature; chained to h and W in numpy."""
+    h, w, y, _ = _ce_problem(seed=2)
+    c = np.random.default_rng(3).normal(size=(B, T)).astype(np.float32)
+    tau = 0.7
+
+    def f(h_, w_):
+        logp, _ = token_logprobs(h_, jnp.asarray(y), lambda x: x @ w_, 9, tau)
+        return jnp.sum(logp * c)
+
+    gh, gw = jax.grad(f, argnums=(0, 1))(jnp.asarray(h), jnp.asarray(w))
+    h64, w64 = h.astype(np.float64), w.astype(np.float64)
+    probs = np.exp(np_log_softmax(h64 @ w64 / tau))
+    dlogits = c[..., None] * (np.eye(V)[y] - probs) / tau
+    np.testing.assert_allclose(np.asarray(gh), dlogits @ w64.T, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gw), np.einsum("btd,btv->dv", h64, dlogits), atol=1e-4)
+
+
 def _all_var_shapes(jaxpr):
     """Shapes of every value any equation (recursively, including scan/remat/pjit bodies) produces."""
     shapes = []
