@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from t1_jax import losses
-from t1_jax.config import ExperimentConfig
+from t1_jax.config import ConfigError, ExperimentConfig
 from t1_jax.logprobs import chunked_token_ce
 from t1_jax.mesh import batch_shard_count
 from t1_jax.model import Qwen3, abstract_model, param_shardings
@@ -107,7 +107,10 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
     def gradcache(params, batch, rng):
         del rng
         b = batch["q_ids"].shape[0]
-        chunks = max(1, b // lcfg.gradcache_chunk)
+        if lcfg.gradcache_chunk % shards or b % lcfg.gradcache_chunk:
+            raise ConfigError(f"loss.gradcache_chunk={lcfg.gradcache_chunk} must divide the batch ({b}) and be a "
+                              f"multiple of the {shards} batch shards (data x fsdp), so every chunk splits evenly")
+        chunks = b // lcfg.gradcache_chunk
         per_doc = batch["d_ids"].shape[0] // b
 
         @jax.checkpoint
