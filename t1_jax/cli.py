@@ -16,6 +16,7 @@ from t1_jax.config import ConfigError
 # Order is the order of ``t1 --help``: roughly the order of the pipeline.
 COMMAND_MODULES: tuple[str, ...] = (
     "t1_jax.commands.config_cmd",
+    "t1_jax.commands.convert",
     "t1_jax.commands.train",
     "t1_jax.commands.eval",
 )

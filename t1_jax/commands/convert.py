@@ -1,0 +1,59 @@
+"""``t1 convert``: Hugging Face Qwen3 checkpoints <-> our orbax model checkpoints."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "convert"
+HELP = "convert checkpoints: hf-to-t1 (HF safetensors -> orbax) and t1-to-hf (orbax -> HF safetensors)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
+    to_t1 = sub.add_parser("hf-to-t1", help="HF folder (config.json + safetensors) -> orbax model checkpoint")
+    to_t1.add_argument("src", metavar="SRC_DIR")
+    to_t1.add_argument("dst", metavar="DST_DIR")
+    to_t1.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                       help="store parameters in this dtype (default: the checkpoint's)")
+    to_t1.add_argument("--emb-token-id", type=int, default=None,
+                       help="id of the added <embtoken>: its embedding row (and LM-head row) is set to the mean of "
+                            "the real tokens' rows; the vocabulary grows to a multiple of 128 when needed")
+    to_t1.add_argument("--real-vocab", type=int, default=None,
+                       help="number of real (trained) token rows averaged for --emb-token-id "
+                            "(default: min(emb token id, vocab size))")
+    to_hf = sub.add_parser("t1-to-hf", help="orbax model checkpoint -> HF folder that transformers loads")
+    to_hf.add_argument("src", metavar="SRC_DIR")
+    to_hf.add_argument("dst", metavar="DST_DIR")
+    to_hf.add_argument("--tokenizer", default=None, metavar="DIR", help="copy tokenizer files from this folder")
+    to_hf.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                       help="safetensors dtype (default: the parameters' dtype)")
+    to_hf.add_argument("--max-shard-gb", type=float, default=4.0, help="safetensors shard size limit (GB)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    start = time.perf_counter()
+    if args.direction == "hf-to-t1":
+        from t1_jax.model.hf import import_hf, set_token_row
+        from t1_jax.model.params_io import save_model
+
+        overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
+        model = import_hf(args.src, cfg_overrides=overrides)
+        if args.emb_token_id is not None:
+            real = args.real_vocab or min(args.emb_token_id, model.cfg.vocab_size)
+            set_token_row(model, args.emb_token_id, real)
+        save_model(args.dst, model)
+        what = f"{args.src} -> {args.dst} (orbax)"
+    else:
+        from t1_jax.model.hf import export_hf
+        from t1_jax.model.params_io import load_model
+
+        model = load_model(args.src)
+        export_hf(model, args.dst, tokenizer_dir=args.tokenizer, dtype=args.dtype,
+                  max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
+        what = f"{args.src} -> {args.dst} (HF safetensors)"
+    cfg = model.cfg
+    print(f"converted {what}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
+          f"{cfg.param_dtype}, {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return 0
