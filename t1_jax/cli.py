@@ -16,6 +16,8 @@ from t1_jax.config import ConfigError
 # Order is the order of ``t1 --help``: roughly the order of the pipeline.
 COMMAND_MODULES: tuple[str, ...] = (
     "t1_jax.commands.config_cmd",
+    "t1_jax.commands.index",
+    "t1_jax.commands.search",
     "t1_jax.commands.eval",
 )
 

@@ -84,7 +84,8 @@ class IndexSettings:
 def settings_from_config(cfg) -> IndexSettings:
     """IndexSettings from a ``RetrievalConfig`` (``retrieval.index_mode``, ``num_leaves``, ...)."""
     return IndexSettings(mode=cfg.index_mode, num_leaves=cfg.num_leaves, num_leaves_to_search=cfg.num_leaves_to_search,
-                         reorder_k=cfg.reorder_k, num_neighbors=cfg.top_k)
+                         reorder_k=cfg.reorder_k, num_neighbors=cfg.top_k, brute_force_below=cfg.brute_force_below,
+                         leaves_fraction=cfg.leaves_fraction)
 
 
 def _builder(emb_nd: np.ndarray, s: IndexSettings):
