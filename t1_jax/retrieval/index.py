@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "t1-scann-index/1"
 MODES = ("auto", "brute_force", "tree_ah")
+_PARALLEL_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +126,10 @@ class Index:
         if self.settings.mode == "tree_ah":
             kwargs["pre_reorder_num_neighbors"] = max(reorder_k or self.settings.reorder_k, k)
             kwargs["leaves_to_search"] = leaves_to_search or self.settings.num_leaves_to_search
-        rows, scores = self._searcher.search_batched(q_bd, **kwargs)
+        if q_bd.shape[0] >= 2 * _PARALLEL_BATCH:  # ScaNN splits the batch over its thread pool
+            rows, scores = self._searcher.search_batched_parallel(q_bd, batch_size=_PARALLEL_BATCH, **kwargs)
+        else:
+            rows, scores = self._searcher.search_batched(q_bd, **kwargs)
         rows = np.asarray(rows, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
         if rows.shape[1] < k:  # ScaNN found fewer candidates than asked (tiny leaves); pad explicitly
