@@ -9,7 +9,7 @@ Index folder::
 
 Defaults (our choices; each is an ``IndexSettings`` field, overridable from ``t1 index`` and ``retrieval.*``):
 - fewer than ``brute_force_below`` (20k) documents: exact brute force (ScaNN's float32 scorer);
-- otherwise a k-means tree with about ``sqrt(n)`` leaves, searching ``leaves_fraction`` of them (at least 20),
+- otherwise a spherical k-means tree with about ``sqrt(n)`` leaves, searching ``leaves_fraction`` of them (at least 20),
   anisotropic hashing with 2 dimensions per 4-bit block (threshold 0.2, for unit-norm embeddings), then exact float32
   re-scoring of the best ``reorder_k`` candidates (default max(250, 10 k)). The recall/speed table behind these numbers
   is in docs/benchmarks.md ("Search").
@@ -43,6 +43,7 @@ class IndexSettings:
     num_leaves_to_search: int = 0
     leaves_fraction: float = 0.05
     training_sample_size: int = 0
+    spherical: bool = True  # spherical k-means for the tree (unit-norm embeddings, inner product)
     dimensions_per_block: int = 2
     anisotropic_threshold: float = 0.2
     reorder_k: int = 0
@@ -98,7 +99,7 @@ def _builder(emb_nd: np.ndarray, s: IndexSettings):
     if s.mode == "brute_force":
         return builder.score_brute_force()
     return (builder.tree(num_leaves=s.num_leaves, num_leaves_to_search=s.num_leaves_to_search,
-                         training_sample_size=s.training_sample_size)
+                         training_sample_size=s.training_sample_size, spherical=s.spherical)
             .score_ah(s.dimensions_per_block, anisotropic_quantization_threshold=s.anisotropic_threshold)
             .reorder(s.reorder_k))
 
