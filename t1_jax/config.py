@@ -382,9 +382,18 @@ class RetrievalConfig:
     num_leaves: int = 0
     num_leaves_to_search: int = 0
     reorder_k: int = 0
+    brute_force_below: int = 20_000  # auto mode: exact brute force under this many documents
+    leaves_fraction: float = 0.05  # auto num_leaves_to_search = max(20, fraction x num_leaves)
 
     def validate(self) -> list[str]:
         errors = []
+        if self.brute_force_below < 0:
+            errors.append(f"retrieval.brute_force_below must be >= 0, got {self.brute_force_below}")
+        if not 0 < self.leaves_fraction <= 1:
+            errors.append(f"retrieval.leaves_fraction must be in (0, 1], got {self.leaves_fraction}")
+        for name in ("num_leaves", "num_leaves_to_search", "reorder_k"):
+            if getattr(self, name) < 0:
+                errors.append(f"retrieval.{name} must be >= 0 (0 = automatic), got {getattr(self, name)}")
         if self.embedding_dtype not in ("float16", "float32"):
             errors.append(f"retrieval.embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}")
         if self.top_k <= 0:

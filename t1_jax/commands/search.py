@@ -1,0 +1,112 @@
+"""``t1 search``: queries -> (reasoning +) embeddings -> top-k -> TREC run file + reasoning jsonl.
+
+Where query embeddings come from is a registry, ``QUERY_SOURCES`` (name -> ``(args) -> QueryBatch``). Today it holds
+``embeddings`` (precomputed ``.npy`` + ids, or jsonl of ``{id, embedding[, reasoning]}``); a model-based source that
+samples reasoning and embeds at ``<embtoken>`` registers itself here, adds its flags in ``add_arguments`` and
+everything after it (search, run file, reasoning file) is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Callable
+
+NAME = "search"
+HELP = "search an index with query embeddings; write a TREC run (qid Q0 docid rank score tag) and reasoning jsonl"
+
+
+@dataclasses.dataclass
+class QueryBatch:
+    ids: list
+    embeddings: "object"  # np.ndarray [b, d] float32
+    reasoning: dict  # qid -> reasoning text ("" when none)
+
+
+def _from_embeddings(args: argparse.Namespace) -> QueryBatch:
+    from t1_jax.retrieval.queries import load_query_embeddings
+
+    if not args.query_embeddings:
+        raise ValueError("--query-embeddings is required for --queries-from embeddings")
+    ids, q_bd, reasoning = load_query_embeddings(args.query_embeddings, args.query_ids)
+    return QueryBatch(ids, q_bd, reasoning)
+
+
+QUERY_SOURCES: dict[str, Callable[[argparse.Namespace], QueryBatch]] = {"embeddings": _from_embeddings}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="EXP", help="optional experiment (retrieval.top_k, ...)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides", action="extend")
+    parser.add_argument("--queries-from", choices=sorted(QUERY_SOURCES), default="embeddings",
+                        help="where query embeddings come from")
+    parser.add_argument("--query-embeddings", help=".npy [num_queries, dim] (with --query-ids) or jsonl of "
+                        "{id, embedding[, reasoning]}")
+    parser.add_argument("--query-ids", help="query ids for a .npy, one per line in row order")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--index", help="a `t1 index` folder (ScaNN)")
+    target.add_argument("--exact", metavar="DOCS", help="exact search instead: an embedding store folder, or a .npy "
+                        "of document embeddings (with --doc-ids); sharded over all local devices")
+    parser.add_argument("--doc-ids", help="document ids for --exact DOCS.npy")
+    parser.add_argument("--fingerprint", default=None, help="refuse an index built from another model")
+    parser.add_argument("--k", type=int, default=None, help="documents per query (default: retrieval.top_k)")
+    parser.add_argument("--tag", default="t1", help="run tag (last TREC column)")
+    parser.add_argument("--out", required=True, help="TREC run file to write")
+    parser.add_argument("--reasoning-out", default=None,
+                        help="jsonl of {id, reasoning} per query (default: <out>.reasoning.jsonl)")
+
+
+def _searcher(args: argparse.Namespace, dim: int):
+    if args.index:
+        from t1_jax.retrieval.index import load_index
+
+        return load_index(args.index, expected_dim=dim, expected_fingerprint=args.fingerprint)
+    import numpy as np
+
+    from t1_jax.config import MeshConfig
+    from t1_jax.mesh import make_mesh
+    from t1_jax.retrieval.exact import ExactIndex
+
+    if args.exact.endswith(".npy"):
+        from t1_jax.retrieval.queries import load_embeddings
+
+        ids, docs = load_embeddings(args.exact, args.doc_ids, "document embeddings")
+    else:
+        from t1_jax.retrieval.store import EmbeddingStore
+
+        store = EmbeddingStore.open(args.exact)
+        if args.fingerprint is not None and store.fingerprint != args.fingerprint:
+            raise ValueError(f"{args.exact}: embeddings come from model {store.fingerprint!r}, not "
+                             f"{args.fingerprint!r}")
+        ids, docs = store.ids, store.read()
+    if docs.shape[1] != dim:
+        raise ValueError(f"{args.exact}: documents have dimension {docs.shape[1]} but the queries have {dim}")
+    return ExactIndex(np.asarray(docs), ids, mesh=make_mesh(MeshConfig()))
+
+
+def write_reasoning(path: str, batch: QueryBatch) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for qid in batch.ids:
+            f.write(json.dumps({"id": qid, "reasoning": batch.reasoning.get(qid, "")}, ensure_ascii=False) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from t1_jax import config as config_lib
+    from t1_jax.retrieval.queries import search_to_run
+    from t1_jax.retrieval.trec import write_run
+
+    cfg = config_lib.load_config(args.config, args.overrides) if args.config else config_lib.apply_overrides(
+        config_lib.ExperimentConfig(), args.overrides)
+    k = args.k or cfg.retrieval.top_k
+    if k <= 0:
+        raise ValueError(f"--k must be positive, got {k}")
+    batch = QUERY_SOURCES[args.queries_from](args)
+    searcher = _searcher(args, int(batch.embeddings.shape[1]))
+    run_ = search_to_run(searcher, batch.embeddings, batch.ids, k)
+    write_run(args.out, run_, tag=args.tag)
+    reasoning_path = args.reasoning_out or os.path.splitext(args.out)[0] + ".reasoning.jsonl"
+    write_reasoning(reasoning_path, batch)
+    print(f"wrote {len(run_)} queries x top-{k} to {args.out} and reasoning to {reasoning_path}")
+    return 0

@@ -1,0 +1,94 @@
+"""ScaNN index: defaults by corpus size, build -> serialize -> load round trip, recall vs exact search, checks."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from t1_jax.retrieval.exact import exact_search
+from t1_jax.retrieval.index import IndexSettings, build_index, load_index
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered_unit_vectors(n, d, clusters, seed=0, spread=0.5):
+    """Random unit vectors around random unit centres (embeddings have such structure; iid ones have none)."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.standard_normal((clusters, d)))
+    return _unit(centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, d)) / np.sqrt(d) * 2)
+
+
+def _queries(docs, b, seed=1):
+    rng = np.random.default_rng(seed)
+    return _unit(docs[rng.integers(0, len(docs), b)] + 0.2 * rng.standard_normal((b, docs.shape[1]))
+                 / np.sqrt(docs.shape[1]) * 2)
+
+
+def _recall(rows, ref):
+    return float(np.mean([len(set(a) & set(b)) / ref.shape[1] for a, b in zip(rows, ref)]))
+
+
+def test_defaults_follow_corpus_size():
+    small = IndexSettings().resolve(5_000)
+    assert small.mode == "brute_force"
+    large = IndexSettings().resolve(1_000_000)
+    assert large.mode == "tree_ah" and large.num_leaves == 1000 and large.num_leaves_to_search == 50
+    assert large.training_sample_size == 250_000 and large.reorder_k == 1000
+    custom = IndexSettings(num_leaves=300, num_leaves_to_search=30, reorder_k=400).resolve(100_000)
+    assert (custom.num_leaves, custom.num_leaves_to_search, custom.reorder_k) == (300, 30, 400)
+    with pytest.raises(ValueError, match="exceeds num_leaves"):
+        IndexSettings(num_leaves=10, num_leaves_to_search=11).resolve(100_000)
+    with pytest.raises(ValueError, match="mode"):
+        IndexSettings(mode="hnsw").resolve(10)
+
+
+def test_tree_ah_round_trip_and_recall(tmp_path):
+    docs = clustered_unit_vectors(25_000, 64, 250)
+    ids = [f"doc-{i}" for i in range(len(docs))]
+    q = _queries(docs, 300)
+    index = build_index(docs, ids, str(tmp_path / "idx"), fingerprint="model-x")
+    assert index.settings.mode == "tree_ah"  # the default at this size
+    scores, rows = index.search_indices(q, 10)
+    _, ref = exact_search(q, docs, 10)
+    assert _recall(rows, ref) >= 0.95
+    # move the folder: artifacts are stored with relative paths
+    shutil.move(str(tmp_path / "idx"), str(tmp_path / "moved"))
+    loaded = load_index(str(tmp_path / "moved"), expected_dim=64, expected_fingerprint="model-x")
+    scores2, rows2 = loaded.search_indices(q, 10)
+    np.testing.assert_array_equal(rows2, rows)
+    np.testing.assert_array_equal(scores2, scores)
+    _, id_bk = loaded.search(q[:2], 3)
+    assert id_bk.tolist() == [[ids[r] for r in row] for row in rows[:2, :3]]
+    meta = json.load(open(tmp_path / "moved" / "meta.json"))
+    assert meta["settings"]["mode"] == "tree_ah" and meta["dim"] == 64 and meta["fingerprint"] == "model-x"
+
+
+def test_brute_force_is_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = _unit(rng.standard_normal((2_000, 32)))
+    q = _unit(rng.standard_normal((50, 32)))
+    index = build_index(docs, [str(i) for i in range(2_000)], str(tmp_path / "bf"))
+    assert index.settings.mode == "brute_force"
+    scores, rows = load_index(str(tmp_path / "bf")).search_indices(q, 10)
+    ref_s, ref = exact_search(q, docs, 10)
+    np.testing.assert_array_equal(rows, ref)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+
+
+def test_load_checks_and_bad_input(tmp_path):
+    docs = clustered_unit_vectors(500, 16, 5)
+    build_index(docs, [str(i) for i in range(500)], str(tmp_path / "i"), fingerprint="A")
+    with pytest.raises(ValueError, match="dimension 16 but the queries have 32"):
+        load_index(str(tmp_path / "i"), expected_dim=32)
+    with pytest.raises(ValueError, match="built from model 'A', not 'B'"):
+        load_index(str(tmp_path / "i"), expected_fingerprint="B")
+    with pytest.raises(FileNotFoundError, match="not an index folder"):
+        load_index(str(tmp_path))
+    with pytest.raises(ValueError, match="duplicate document id '3'"):
+        build_index(docs[:4], ["0", "1", "3", "3"])
+    with pytest.raises(ValueError, match="non-empty"):
+        build_index(np.zeros((0, 16), np.float32), [])
+    with pytest.raises(ValueError, match=r"queries must be \[batch, 16\]"):
+        load_index(str(tmp_path / "i")).search(np.zeros((2, 8), np.float32), 3)
