@@ -43,10 +43,11 @@ LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict]]
 
 @struct.dataclass
 class TrainState:
-    step: jax.Array
+    step: jax.Array  # optimizer updates applied
     params: Params
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
+    extra: Any = None  # stage-specific state that must survive a restart (e.g. GRPO's pool-embedding snapshot)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,8 +62,13 @@ class TrainStage:
     init_params: Callable[[jax.Array], Params]  # rng -> params (traced under jit; also gives the state's shardings)
     batches: Any  # checkpointable iterator (grain DatasetIterator: get_state/set_state) of host-local numpy dicts
     loss_fn: Optional[LossFn] = None  # (params, global batch, rng) -> (loss, metrics)
-    # Custom step (GRPO): (state, batch, tx, schedule) -> (state, metrics); build it with ``apply_gradients``.
+    # Custom step (GRPO): (state, batch, tx, schedule, frozen) -> (state, metrics); build it with ``apply_gradients``.
     step_fn: Optional[Callable[..., tuple[TrainState, dict]]] = None
+    updates_per_step: int = 1  # optimizer updates one step applies (GRPO's inner iterations): sizes the schedule
+    init_extra: Optional[Callable[[Params], Any]] = None  # params -> TrainState.extra at initialisation
+    # Inputs every step reads but never updates and that need no checkpoint (GRPO's frozen reference policy): loaded
+    # once at start, already placed on their shardings, passed to ``step_fn`` as ``frozen``.
+    frozen: Optional[Callable[[], Any]] = None
     param_shardings: Any = None  # pytree of NamedSharding like params; None = replicated
     batch_logical_axes: Optional[dict[str, tuple]] = None  # per key; default: leading dim over the batch axes
     tokens_in_batch: Optional[Callable[[Batch], int]] = None  # host-side count for tokens/s
@@ -81,7 +87,9 @@ def apply_gradients(state: TrainState, grads: Params, tx: optax.GradientTransfor
 def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
     """The step of the gradient-based stages: (accumulated) value-and-grad, AdamW update, metrics."""
 
-    def step(state: TrainState, batch: Batch, tx: optax.GradientTransformation, schedule) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch: Batch, tx: optax.GradientTransformation, schedule, frozen=None
+             ) -> tuple[TrainState, dict]:
+        del frozen
         rng, step_rng = jax.random.split(state.rng)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_rng, grad_accum_steps)
@@ -112,10 +120,14 @@ class Trainer:
             params = stage.init_params(params_rng)
             if stage.param_shardings is not None:
                 params = jax.lax.with_sharding_constraint(params, stage.param_shardings)
-            return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-                              rng=state_rng)
+            return self._new_state(stage, params, state_rng)
 
         return init
+
+    def _new_state(self, stage: TrainStage, params: Params, rng: jax.Array) -> TrainState:
+        extra = stage.init_extra(params) if stage.init_extra is not None else None
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=rng,
+                          extra=extra)
 
     def _batch_sharding(self, key: str, ndim: int) -> NamedSharding:
         axes = (self._batch_axes or {}).get(key) or ("batch",) + (None,) * (ndim - 1)
@@ -131,6 +143,8 @@ class Trainer:
     def fit(self, stage: TrainStage) -> TrainState:
         tcfg = self.cfg.trainer
         self._batch_axes = stage.batch_logical_axes
+        if stage.updates_per_step != 1:
+            self.tx, self.schedule = make_optimizer(self.cfg.optimizer, tcfg.num_steps * stage.updates_per_step)
         step_body = stage.step_fn or standard_step(stage.loss_fn, self.cfg.optimizer.grad_accum_steps)
         if stage.step_fn is None and stage.loss_fn is None:
             raise ValueError(f"stage {stage.name!r} provides neither loss_fn nor step_fn")
@@ -139,16 +153,17 @@ class Trainer:
             init = jax.jit(self._init_state_fn(stage))
             rng0 = jax.random.PRNGKey(tcfg.seed)
             state_shardings = init.lower(rng0).compile().output_shardings
-            step_fn = jax.jit(lambda s, b: step_body(s, b, self.tx, self.schedule), donate_argnums=(0,),
+            step_fn = jax.jit(lambda s, b, f: step_body(s, b, self.tx, self.schedule, f), donate_argnums=(0,),
                               out_shardings=(state_shardings, None))
 
             manager = self._checkpoint_manager()
             state, start = self._restore_or_init(manager, init, rng0, state_shardings, stage)
+            frozen = stage.frozen() if stage.frozen is not None else None
             writer = MetricWriter(os.path.join(self.workdir, "tensorboard"),
                                   jsonl=os.path.join(self.workdir, "metrics.jsonl") if "://" not in self.workdir else None)
             previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
             try:
-                state = self._loop(stage, state, start, step_fn, manager, writer)
+                state = self._loop(stage, state, start, lambda s, b: step_fn(s, b, frozen), manager, writer)
             finally:
                 signal.signal(signal.SIGTERM, previous_handler)
                 manager.wait_until_finished()
@@ -178,6 +193,8 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 host = {k: float(np.asarray(v)) for k, v in host.items()}
                 host["steps_per_s"] = window_steps / max(elapsed, 1e-9)
+                if "generated_tokens" in host:
+                    host["generated_tokens_per_s"] = host["generated_tokens"] * host["steps_per_s"]
                 if window_tokens:
                     host["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
                     mfu = self._mfu(stage, host["tokens_per_s"])
@@ -225,8 +242,7 @@ class Trainer:
         if latest is None and stage.pretrained is not None:
             log.info("%s: no checkpoint in %s; starting from pretrained parameters", stage.name, self.workdir)
             params = stage.pretrained()
-            from_params = jax.jit(lambda p, rng: TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                                            opt_state=self.tx.init(p), rng=jax.random.split(rng)[1]),
+            from_params = jax.jit(lambda p, rng: self._new_state(stage, p, jax.random.split(rng)[1]),
                                   out_shardings=state_shardings)
             return from_params(params, rng0), 0
         if latest is None:
