@@ -94,7 +94,7 @@ def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_rng, grad_accum_steps)
         new_state = apply_gradients(state, grads, tx).replace(rng=rng)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return new_state, metrics
 
     return step

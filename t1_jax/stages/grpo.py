@@ -130,7 +130,7 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
 
         def inner(carry, _):
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(carry.params)
-            return apply_gradients(carry, grads, tx), (loss, metrics, optax.global_norm(grads))
+            return apply_gradients(carry, grads, tx), (loss, metrics, optax.tree.norm(grads))
 
         new_state, (loss_m, metrics_m, grad_norm_m) = jax.lax.scan(inner, state, None, length=g.inner_steps)
         extra = new_state.extra
