@@ -103,14 +103,14 @@ def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
 class Trainer:
     def __init__(self, cfg: config_lib.ExperimentConfig, workdir: str, mesh: Mesh):
         self.cfg = cfg
-        self.workdir = workdir
+        self.workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # orbax wants absolute paths
         self.mesh = mesh
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
         self._stop_signal: Optional[int] = None
         self._batch_axes: Optional[dict] = None
         if jax.process_index() == 0 and "://" not in workdir:  # gs:// workdirs: the launcher keeps the config
-            os.makedirs(workdir, exist_ok=True)
-            config_lib.save_json(cfg, os.path.join(workdir, "config.json"))
+            os.makedirs(self.workdir, exist_ok=True)
+            config_lib.save_json(cfg, os.path.join(self.workdir, "config.json"))
 
     # ---- state -----------------------------------------------------------------------------------------------------
 
