@@ -72,7 +72,8 @@ def test_number_words():
 
 
 def test_teacher_reasoning_is_correct_arithmetic():
-    assert teacher_reasoning(Problem("mul_2x1", 37, 6)) == "37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred twenty-two"
+    assert (teacher_reasoning(Problem("mul_2x1", 37, 6))
+            == "37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred twenty-two")
     assert teacher_reasoning(Problem("mul_2x1", 40, 6)) == "40 * 6 = 240, two hundred forty"
     stepwise = teacher_reasoning(Problem("mul_3x1", 237, 6), stepwise_sums=True)
     assert "1200 + 180 + 42 = 1380 + 42 = 1422" in stepwise
