@@ -249,3 +249,13 @@ def test_bright_queries_encode_with_exact_truncation_counts(fmt, tok, shared_dat
 
 def test_underscore_domain_names_are_accepted(fmt):
     assert fmt.instruction("query", "earth_science") == DOMAIN_QUERY_INSTRUCTIONS["earth-science"]
+
+
+def test_text_fields_override_and_round_trip_through_json():
+    from t1_jax.config import ExperimentConfig, apply_overrides, from_dict, to_dict
+
+    cfg = apply_overrides(ExperimentConfig(), ['text.query_domain_instructions=[["toy", "Do the sum."]]',
+                                               "text.direct_query_format=plain", "text.stop_tokens=<|im_end|>"])
+    assert cfg.text.query_domain_instructions == (("toy", "Do the sum."),)
+    assert cfg.text.direct_query_format == "plain" and cfg.text.stop_tokens == ("<|im_end|>",)
+    assert from_dict(to_dict(cfg)) == cfg
