@@ -122,15 +122,14 @@ def _prefill(graphdef, params, ids_bt, valid_bt, *, cache_len: int, mesh: Option
     return cache, logits_bv, prompt_len_b
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "n_new", "emb_id", "eos_ids", "normalize",
-                                             "mesh"), donate_argnames=("cache",))
-def _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, *, settings: SamplingConfig, n_new: int,
-            emb_id: int, eos_ids: tuple[int, ...], normalize: bool, mesh: Optional[Mesh]):
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "n_new", "normalize", "mesh"),
+                   donate_argnames=("cache",))
+def _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, emb_id, eos_v, *, settings: SamplingConfig,
+            n_new: int, normalize: bool, mesh: Optional[Mesh]):
     with use_mesh(mesh):
         model = nnx.merge(graphdef, params)
         b = logits_bv.shape[0]
         width = n_new + 1
-        eos_v = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
         forced_temp = settings.temperature if settings.temperature > 0 else 1.0
         bt = ("batch", "length")
         carry = dict(
@@ -149,7 +148,8 @@ def _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, *, settings: 
             sampled_b, sampled_logp_b = choose_tokens(logits, jax.random.fold_in(rng, i), settings)
             at_budget = i == n_new
             force_b = c["after_eos"] | at_budget
-            forced_logp_b = jax.nn.log_softmax(logits.astype(jnp.float32) / forced_temp, axis=-1)[:, emb_id]
+            forced_logp_b = jax.nn.log_softmax(logits.astype(jnp.float32) / forced_temp, axis=-1)
+            forced_logp_b = jax.lax.dynamic_index_in_dim(forced_logp_b, emb_id, axis=1, keepdims=False)
             active_b = ~c["done"]
             token_b = jnp.where(active_b, jnp.where(force_b, emb_id, sampled_b), PAD_ID)
             logp_b = jnp.where(active_b, jnp.where(force_b, forced_logp_b, sampled_logp_b), 0.0)
@@ -204,8 +204,11 @@ def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingC
     settings = _static_settings(float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
     cache, logits_bv, prompt_len_b = _prefill(graphdef, params, prompt_ids_bt, prompt_valid_bt,
                                               cache_len=prompt_ids_bt.shape[1] + n_new + 1, mesh=mesh)
-    rollout, _ = _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, settings=settings, n_new=n_new,
-                         emb_id=int(emb_token_id), eos_ids=eos, normalize=bool(normalize), mesh=mesh)
+    # The special ids are traced (not static): changing them never recompiles. -1 pads the EOS list (never a token).
+    width = max(4, -(-len(eos) // 4) * 4)
+    eos_v = jnp.asarray(eos + (-1,) * (width - len(eos)), jnp.int32)
+    rollout, _ = _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, jnp.int32(emb_token_id), eos_v,
+                         settings=settings, n_new=n_new, normalize=bool(normalize), mesh=mesh)
     return rollout
 
 

@@ -68,9 +68,25 @@ def _sample(model, texts, cfg, emb, eos=(), left=False, key=0, **kw):
                                              emb_token_id=emb, eos_token_ids=eos, **kw))
 
 
+REF_T = PAD_T + N_NEW + 2
+
+
+@jax.jit
+def _forward(graphdef, params, seq_bt, valid_bt):
+    return nnx.merge(graphdef, params)(seq_bt, jnp.arange(seq_bt.shape[1])[None], valid_bt)[0]
+
+
+def _hidden(model, seq_bt):
+    """Full forward over one sequence (right-padded to one length, so it compiles once; causal attention makes the
+    padding after the text irrelevant), hidden states of the real tokens."""
+    n = seq_bt.shape[1]
+    padded = np.zeros((1, REF_T), np.int32)
+    padded[:, :n] = seq_bt
+    return _forward(*nnx.split(model), jnp.asarray(padded), jnp.asarray(np.arange(REF_T) < n)[None])[:, :n]
+
+
 def _full_forward_embedding(model, prompt, generated, normalize=True):
-    seq = np.concatenate([prompt, generated])[None]
-    hidden, _ = model(seq, np.arange(seq.shape[1])[None], np.ones_like(seq, bool))
+    hidden = _hidden(model, np.concatenate([prompt, generated])[None])
     emb = np.asarray(hidden[0, -1], np.float64)
     return emb / np.linalg.norm(emb) if normalize else emb
 
@@ -150,13 +166,16 @@ def test_logprobs_equal_teacher_forced_recompute(models, prompts):
     cfg = SamplingConfig(max_new_tokens=N_NEW, temperature=temperature)
     free = _sample(ours, prompts, cfg, emb=1, key=5)
     out = _sample(ours, prompts, cfg, emb=1, eos=(int(free.tokens_bt[1, 2]),), key=5)
+    recompute = jax.jit(lambda h, y: token_logprobs(h, y, ours.logits, chunk=4, temperature=temperature)[0])
     for b, prompt in enumerate(prompts):
         n = int(out.lengths_b[b])
         seq = np.concatenate([prompt, out.tokens_bt[b, :n]])[None]
-        hidden, _ = ours(seq, np.arange(seq.shape[1])[None], np.ones_like(seq, bool))
-        logp, _ = token_logprobs(hidden[:, :-1], jnp.asarray(seq[:, 1:]), ours.logits, chunk=4,
-                                 temperature=temperature)
-        ref = np.asarray(logp[0, len(prompt) - 1:])
+        hidden = np.zeros((1, REF_T, ours.cfg.hidden_size), np.float32)
+        hidden[:, :seq.shape[1]] = _hidden(ours, seq)
+        targets = np.zeros((1, REF_T), np.int32)
+        targets[:, :seq.shape[1] - 1] = seq[:, 1:]
+        logp = recompute(jnp.asarray(hidden), jnp.asarray(targets))  # padded to one shape: one compilation
+        ref = np.asarray(logp[0, len(prompt) - 1:seq.shape[1] - 1])
         np.testing.assert_allclose(out.logprobs_bt[b, :n], ref, rtol=1e-5, atol=1e-5)
     assert (out.logprobs_bt < 0).sum() == out.lengths_b.sum()
 
@@ -203,6 +222,8 @@ def test_second_call_with_same_bucket_does_not_recompile(models, prompts):
     other = [p[::-1] + 1 for p in prompts]
     _sample(ours, other, cfg, emb=1, key=2)
     _sample(ours, prompts[::-1], cfg, emb=1, key=3, left=True)
+    assert sampler_lib.compiled_count() == before
+    _sample(ours, prompts, cfg, emb=2, eos=(3, 4))  # other special ids are traced values: no recompilation
     assert sampler_lib.compiled_count() == before
     _sample(ours, prompts, dataclasses.replace(cfg, max_new_tokens=5), emb=1)
     assert sampler_lib.compiled_count() > before  # the counter does see a new program
