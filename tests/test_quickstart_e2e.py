@@ -1,0 +1,34 @@
+"""`t1 quickstart --fast` end to end: every artifact exists and is valid (not the quality)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow  # several minutes on 2 cores: six model compilations (3 stages x train + encode) and ScaNN
+def test_quickstart_fast_writes_every_artifact(tmp_path):
+    env = {**os.environ, "T1_NO_PROGRESS": "1"}
+    env.pop("XLA_FLAGS", None)  # a user's laptop: one CPU device
+    result = subprocess.run([sys.executable, "-m", "t1_jax.cli", "quickstart", "--fast", "--workdir", str(tmp_path)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for line in ("stage1 (no reasoning)", "stage2 (reasoning)", "stage3 (reasoning)", "bm25", "t1 search"):
+        assert line in result.stdout
+    results = json.load(open(tmp_path / "results.json"))
+    assert [r["system"].split()[0] for r in results["rows"]] == ["stage1", "stage2", "stage3", "bm25"]
+    for row in results["rows"]:
+        assert 0.0 <= row["ndcg10"] <= 1.0 and 0.0 <= row["recall10"] <= 1.0
+    for stage in ("stage1", "stage2", "stage3"):
+        assert (tmp_path / stage / "model" / "model_config.json").exists()
+        assert (tmp_path / stage / "config.json").exists()
+        assert any((tmp_path / stage / "checkpoints").iterdir())
+        ev = tmp_path / "eval" / stage
+        assert (ev / "index" / "meta.json").exists() and (ev / "index" / "ids.txt").exists()
+        run_lines = (ev / "run.trec").read_text().splitlines()
+        assert len(run_lines) == 32 * 100 and len(run_lines[0].split()) == 6
+        reasoning = [json.loads(line) for line in (ev / "reasoning.jsonl").read_text().splitlines()]
+        assert len(reasoning) == 32 and all({"query_id", "query", "reasoning"} <= set(r) for r in reasoning)
