@@ -117,26 +117,23 @@ def check_keys(entries: list[Entry], infos: dict[str, st.TensorInfo], tied: bool
 _CHUNK_BYTES = 64 << 20  # rows of a non-stacked tensor (the embedding) read per transfer
 
 
-def _storage(dtype):
-    """16-bit floats are assembled as uint16 bit patterns: XLA:CPU upcasts a bf16 dynamic-update-slice of the whole
-    array to float32 (2x slower per write); the bits are reinterpreted once at the end, without a copy."""
-    return jnp.uint16 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else dtype
+def _bits(dtype):
+    """16-bit floats are written as uint16 bit patterns inside the update: XLA:CPU otherwise upcasts a bf16
+    dynamic-update-slice of the whole array to float32 (2x slower per write). The bitcasts are free and keep the
+    donated input and the output the same type, so the write stays in place."""
+    return jnp.uint16 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else None
 
 
 @functools.lru_cache(maxsize=None)
 def _zeros(shape, dtype, sharding):
-    return jax.jit(lambda: jnp.zeros(shape, _storage(dtype)), out_shardings=sharding)
-
-
-@functools.lru_cache(maxsize=None)
-def _finish(dtype, sharding):
-    return jax.jit(lambda a: jax.lax.bitcast_convert_type(a, dtype), donate_argnums=0, out_shardings=sharding)
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
 
 
 @functools.lru_cache(maxsize=None)
 def _updater(sharding, dtype, stacked: bool, ours_shape: tuple[int, ...]):
     """jit(arr, hf_chunk, start) -> ``arr`` (donated) with the chunk, reshaped to our layout and converted to our
     dtype on device, written in place: a whole layer at ``arr[start]`` (stacked) or rows from ``start`` (others)."""
+    bits = _bits(dtype)
 
     def update(arr, chunk, start):
         if stacked:
@@ -144,9 +141,11 @@ def _updater(sharding, dtype, stacked: bool, ours_shape: tuple[int, ...]):
         else:
             piece, starts = chunk, (start,) + (0,) * (chunk.ndim - 1)
         piece = piece.astype(dtype)
-        if arr.dtype != piece.dtype:
-            piece = jax.lax.bitcast_convert_type(piece, arr.dtype)
-        return jax.lax.dynamic_update_slice(arr, piece, starts)
+        if bits is None:
+            return jax.lax.dynamic_update_slice(arr, piece, starts)
+        as_bits = jax.lax.dynamic_update_slice(jax.lax.bitcast_convert_type(arr, bits),
+                                               jax.lax.bitcast_convert_type(piece, bits), starts)
+        return jax.lax.bitcast_convert_type(as_bits, dtype)
 
     return jax.jit(update, donate_argnums=0, out_shardings=sharding)
 
@@ -165,7 +164,7 @@ def _place(shape, dtype, sharding, entries: list[Entry], infos) -> jax.Array:
         step = max(1, _CHUNK_BYTES // max(1, info.nbytes // max(1, info.shape[0])))
         for start in range(0, info.shape[0], step):
             arr = update(arr, st.read_rows(info, start, min(start + step, info.shape[0])), start).block_until_ready()
-    return _finish(dtype, sharding)(arr) if arr.dtype != jnp.dtype(dtype) else arr
+    return arr
 
 
 def import_hf(src_dir: str, mesh: Optional[Mesh] = None, cfg_overrides: Optional[dict[str, Any]] = None,
