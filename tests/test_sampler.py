@@ -180,6 +180,41 @@ def test_logprobs_equal_teacher_forced_recompute(models, prompts):
     assert (out.logprobs_bt < 0).sum() == out.lengths_b.sum()
 
 
+def _np_truncated_logp(logits_v, temperature, k, p):
+    """float64 numpy reference: temperature, keep the top k, then the smallest most-likely set of mass >= p."""
+    x = logits_v.astype(np.float64) / temperature
+    keep = x >= np.sort(x)[-k]
+    x = np.where(keep, x, -np.inf)
+    prob = np.exp(x - x.max())
+    prob /= prob.sum()
+    order = np.argsort(-prob)
+    n_keep = int(np.searchsorted(np.cumsum(prob[order]), p) + 1)
+    x = np.where(np.isin(np.arange(len(x)), order[:n_keep]), x, -np.inf)
+    return x - x.max() - np.log(np.sum(np.exp(x - x.max())))
+
+
+def test_truncated_logprobs_are_those_of_the_sampling_distribution(models, prompts):
+    """top-k + top-p: each drawn token's log-prob is under the truncated, renormalised distribution (numpy float64
+    reference from a full forward); the forced <embtoken> reports the untruncated temperature log-prob."""
+    _, ours = models
+    temperature, k, p = 1.3, 7, 0.8
+    out = _sample(ours, prompts, SamplingConfig(max_new_tokens=N_NEW, temperature=temperature, top_k=k, top_p=p),
+                  emb=1, key=11)
+    for b, prompt in enumerate(prompts):
+        n = int(out.lengths_b[b])
+        seq = np.concatenate([prompt, out.tokens_bt[b, :n]])[None]
+        logits = np.asarray(ours.logits(_hidden(ours, seq)))[0, len(prompt) - 1:seq.shape[1] - 1]
+        for j in range(n):
+            token = out.tokens_bt[b, j]
+            if j == n - 1 and out.forced_b[b]:
+                x = logits[j].astype(np.float64) / temperature
+                ref = x[token] - x.max() - np.log(np.sum(np.exp(x - x.max())))
+            else:
+                ref = _np_truncated_logp(logits[j], temperature, k, p)[token]
+            assert np.isfinite(ref) and abs(out.logprobs_bt[b, j] - ref) <= 1e-5, (b, j)
+    assert out.forced_b.any()
+
+
 def test_fixed_key_reproducible_and_top_k1_is_greedy(models, prompts):
     _, ours = models
     cfg = SamplingConfig(max_new_tokens=N_NEW, temperature=1.0)

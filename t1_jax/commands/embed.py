@@ -23,8 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: retrieval.encode_batch_size")
     parser.add_argument("--domain", default=None, help="BRIGHT domain whose instructions to use for every row "
                         "(a query row's own 'domain' field wins)")
-    parser.add_argument("--mesh-data", type=int, default=-1, help="data-parallel ways of the mesh (default: all "
-                        "local devices); batches are split over it")
+    parser.add_argument("--mesh-data", type=int, default=-1, help="data-parallel ways of the mesh over this "
+                        "host's devices (default: all of them); batches are split over it")
 
 
 def load_encoder(args: argparse.Namespace, checkpoint: str):
@@ -42,7 +42,11 @@ def load_encoder(args: argparse.Namespace, checkpoint: str):
         run_cfg = _os.path.join(_os.path.dirname(_os.path.abspath(model_dir(checkpoint))), "config.json")
         base = config_lib.load_config(run_cfg) if _os.path.isfile(run_cfg) else config_lib.ExperimentConfig()
         cfg = config_lib.apply_overrides(base, args.overrides)
-    mesh = make_mesh(MeshConfig(data=args.mesh_data))
+    # A mesh over this process's devices only: on several hosts each process encodes its own chunks independently
+    # (t1_jax.retrieval.store assigns them), so no collective may span hosts.
+    import jax
+
+    mesh = make_mesh(MeshConfig(data=args.mesh_data), devices=jax.local_devices())
     kwargs = {} if args.batch_size is None else {"batch_size": args.batch_size}
     return Encoder.from_checkpoint(checkpoint, mesh=mesh, tokenizer=args.tokenizer, config=cfg, **kwargs), cfg
 
