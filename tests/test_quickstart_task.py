@@ -238,3 +238,16 @@ def test_tokenizer_round_trip_and_formats(task, tokenizer_dir):
 
 def test_text_config_is_valid():
     assert TextConfig.validate(text_config("x")) == []
+
+
+def test_prepare_writes_task_and_tokenizer(tmp_path):
+    from t1_jax.quickstart import prepare
+    from t1_jax.text import formatter_from_config
+
+    prepared = prepare(str(tmp_path), fast=True)
+    assert os.path.isfile(prepared.files.train_jsonl) and os.path.isfile(prepared.files.meta_json)
+    assert os.path.isfile(os.path.join(prepared.tokenizer_dir, "tokenizer.json"))
+    fmt = formatter_from_config(prepared.text)
+    row = read_jsonl(prepared.files.train_jsonl)[0]
+    enc = fmt.query_with_reasoning(row["query"], row["reasoning"])
+    assert fmt.decode_reasoning(enc.ids[-sum(enc.loss_mask):]) == row["reasoning"]

@@ -138,7 +138,7 @@ def near_misses(problem: Problem) -> list[int]:
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     seed: int = 0
-    num_train: int = 3000
+    num_train: int = 6000  # mul_2x1 has only 600 trainable pairs (cycled); more distinct mul_3x1 pairs help
     num_test: int = 200
     kinds: tuple[tuple[str, float], ...] = (("mul_2x1", 0.7), ("mul_3x1", 0.3))
     num_hard_negatives: int = 3
