@@ -46,10 +46,13 @@ def test_cache_decoding_matches_full_forward(left):
         for i in range(3):
             decoded[i].append(np.asarray(hidden[i, 0]))
     assert int(cache.index) == prefill_len + steps
+    # reference: one full forward over the complete texts (right-padded, so each row is its unpadded text's forward)
+    total = max(len(x) for x in texts)
+    full_tokens = np.stack([np.pad(x, (0, total - len(x))) for x in texts]).astype(np.int32)
+    full_mask = np.stack([np.arange(total) < len(x) for x in texts])
+    full = np.asarray(step(state, full_tokens, np.tile(np.arange(total), (3, 1)), full_mask, None)[0])
     for i, n in enumerate(prompt_lengths):
-        full = np.asarray(step(state, texts[i][None], np.arange(len(texts[i]))[None], np.ones((1, len(texts[i])), bool),
-                               None)[0])
-        assert rel_err(np.stack(decoded[i]), full[0, n - 1:]) <= TOL
+        assert rel_err(np.stack(decoded[i]), full[i, n - 1:len(texts[i])]) <= TOL
 
 
 _VARIANT_BATCH = padded_batch(CFG.vocab_size, [6, 3], 6, left=True)

@@ -38,8 +38,9 @@ def test_left_and_right_padding_agree(tmp_path):
 
 
 def test_mid_4b_width_parity(tmp_path):
-    """One layer at the real 4B widths (hidden 2560, mlp 9728, 32/8 heads, head_dim 128), reduced vocab."""
-    _check(tmp_path, True, [9, 4], 9, vocab=1024, hidden=2560, inter=9728, layers=1, heads=32, kv_heads=8,
+    """Two layers at the real 4B widths (hidden 2560, mlp 9728, 32/8 heads, head_dim 128, tied), padded batch, with a
+    reduced vocabulary so it stays fast; the full-vocabulary version below is marked slow."""
+    _check(tmp_path, True, [9, 4], 9, vocab=1024, hidden=2560, inter=9728, layers=2, heads=32, kv_heads=8,
            head_dim=128, tied=True, theta=5e6)
 
 
