@@ -1,9 +1,7 @@
 """Encoder: length bucketing keeps order and padding invariance (documents and reasoning queries), the no-reasoning
 query equals a zero-budget sampler call, sharded = unsharded, and the embed / encode / search commands end to end."""
-import dataclasses
 import json
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
