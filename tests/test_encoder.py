@@ -1,9 +1,7 @@
 """Encoder: length bucketing keeps order and padding invariance (documents and reasoning queries), the no-reasoning
 query equals a zero-budget sampler call, sharded = unsharded, and the embed / encode / search commands end to end."""
-import dataclasses
 import json
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -145,6 +143,13 @@ def test_embed_encode_search_commands(run_dir, encoder, tmp_path):
     assert best == {f"q{i}": f"d{expect[i]}" for i in range(3)}
     saved = [json.loads(x) for x in (tmp_path / "run.reasoning.jsonl").read_text().splitlines()]
     assert [r["reasoning"] for r in saved] == reasoning
+    # a single --query text; a store from another model is refused
+    one = tmp_path / "one.trec"
+    assert cli.main(["search", "--checkpoint", ckpt, "--query", queries[1]["query"], "--exact", store_dir, "--k", "2",
+                     "--out", str(one)]) == 0
+    assert [x.split()[:3] for x in one.read_text().splitlines()][0] == ["q0", "Q0", best["q1"]]
+    assert cli.main(["search", "--checkpoint", ckpt, "--query", "alpha", "--exact", store_dir, "--fingerprint",
+                     "another-model", "--out", str(tmp_path / "x.trec")]) == 1
     # the precomputed-embeddings mode still works, with the same run
     assert cli.main(["search", "--query-embeddings", str(tmp_path / "q.jsonl"), "--exact", store_dir, "--k", "3",
                      "--out", str(tmp_path / "run2.trec")]) == 0
