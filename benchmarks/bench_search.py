@@ -81,7 +81,8 @@ def main():
     from t1_jax.retrieval.index import IndexSettings, build_index
 
     print(f"# search benchmark: {args.data} unit vectors, n={args.n} x d={args.dim}, {args.queries} queries, "
-          f"k={args.k}, spread={args.spread}, query noise={args.query_noise}; {os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.devices()[0].platform}")
+          f"k={args.k}, spread={args.spread}, query noise={args.query_noise}; {os.cpu_count()} CPU cores, "
+          f"JAX {jax.__version__} on {jax.devices()[0].platform}")
     docs, queries = make_data(args.n, args.dim, args.queries, args.clusters, args.data, args.spread,
                               args.query_noise)
     print(f"data: {docs.nbytes / 2**30:.2f} GiB per float32 copy of the corpus")
