@@ -5,7 +5,8 @@ for recall (ScaNN leaves searched, faiss nprobe). Then the ratio lines: ScaNN qu
 the first setting of each that reaches the target recall.
 
 Data: unit vectors in ``--dim`` dimensions. ``--data clustered`` (default) draws them around ``--clusters`` random
-unit centres, which gives neighbourhoods the way real embeddings have them; ``--data iid`` draws them uniformly,
+unit centres (noise of norm ``--spread`` around a centre: overlapping clusters), which gives neighbourhoods the way
+real embeddings have them; ``--data iid`` draws them uniformly,
 where every point is nearly equidistant from every other and no partitioned index can beat a full scan by much (kept
 as a stress case). Queries are documents plus noise.
 
@@ -65,12 +66,12 @@ def main():
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--clusters", type=int, default=1000)
     p.add_argument("--data", choices=("clustered", "iid"), default="clustered")
-    p.add_argument("--spread", type=float, default=1.5, help="document noise norm around its unit centre")
-    p.add_argument("--query-noise", type=float, default=1.0, help="query noise norm around its source document")
+    p.add_argument("--spread", type=float, default=2.0, help="document noise norm around its unit centre")
+    p.add_argument("--query-noise", type=float, default=1.5, help="query noise norm around its source document")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--target", type=float, default=0.95)
-    p.add_argument("--leaves", type=int, nargs="+", default=[2, 5, 10, 20, 40])
-    p.add_argument("--nprobe", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    p.add_argument("--leaves", type=int, nargs="+", default=[1, 5, 10, 20, 40, 80])
+    p.add_argument("--nprobe", type=int, nargs="+", default=[1, 5, 10, 20, 40, 80])
     p.add_argument("--skip-faiss", action="store_true")
     args = p.parse_args()
 
@@ -80,7 +81,8 @@ def main():
     from t1_jax.retrieval.index import IndexSettings, build_index
 
     print(f"# search benchmark: {args.data} unit vectors, n={args.n} x d={args.dim}, {args.queries} queries, "
-          f"k={args.k}, spread={args.spread}, query noise={args.query_noise}; {os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.devices()[0].platform}")
+          f"k={args.k}, spread={args.spread}, query noise={args.query_noise}; {os.cpu_count()} CPU cores, "
+          f"JAX {jax.__version__} on {jax.devices()[0].platform}")
     docs, queries = make_data(args.n, args.dim, args.queries, args.clusters, args.data, args.spread,
                               args.query_noise)
     print(f"data: {docs.nbytes / 2**30:.2f} GiB per float32 copy of the corpus")
@@ -120,6 +122,7 @@ def main():
         def build_faiss():
             quantizer = faiss.IndexFlatIP(args.dim)
             ivf = faiss.IndexIVFFlat(quantizer, args.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf.cp.spherical = True  # unit-norm data, inner product: the same k-means flavour ScaNN's tree uses
             ivf.train(docs[np.random.default_rng(1).choice(args.n, min(args.n, 100 * nlist), replace=False)])
             ivf.add(docs)
             return ivf
@@ -131,7 +134,7 @@ def main():
             ivf.nprobe = nprobe
             (_, got), t = timed(lambda: ivf.search(queries, args.k), repeats=2)
             faiss_rows.append((nprobe, args.queries / t, recall_at(got, ref)))
-            rows.append((f"faiss IVF-flat (nlist={nlist})", f"nprobe={nprobe}", fbuild, args.queries / t,
+            rows.append((f"faiss IVF-flat (nlist={nlist}, spherical)", f"nprobe={nprobe}", fbuild, args.queries / t,
                          faiss_rows[-1][2]))
         del ivf
 

@@ -144,3 +144,30 @@ def test_scifact_bm25_row_matches_published(shared_data, tmp_path):
     assert main(["eval", "--beir", str(shared_data / "scifact"), "--ks", "10", "100", "--out", str(out)]) == 0
     ndcg = json.loads(out.read_text())["scores"]["bm25"]["scifact"]["nDCG@10"]
     assert abs(ndcg - 0.679) <= 0.01, ndcg
+
+
+def test_store_to_index_and_exact_search(tmp_path):
+    """encode_corpus (any embed_fn) -> t1 index --store (fingerprint carried) -> t1 search on index and exact."""
+    from t1_jax.retrieval.store import encode_corpus
+
+    rng = np.random.default_rng(5)
+    table = _unit(rng.standard_normal((50, D)))
+    docs = [(f"doc{i}", str(i)) for i in range(50)]
+    encode_corpus(docs, lambda texts: table[[int(t) for t in texts]], str(tmp_path / "store"), batch_size=8,
+                  dtype="float32", fingerprint="enc-v1")
+    assert main(["index", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "idx")]) == 0
+    q = _unit(table[:6] + 0.1 * rng.standard_normal((6, D)))
+    with open(tmp_path / "q.jsonl", "w") as f:
+        for i, row in enumerate(q):
+            f.write(json.dumps({"id": f"q{i}", "embedding": row.tolist(), "reasoning": f"think {i}"}) + "\n")
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query-embeddings", str(tmp_path / "q.jsonl"),
+                 "--fingerprint", "enc-v1", "--k", "5", "--out", str(tmp_path / "a.trec")]) == 0
+    assert main(["search", "--exact", str(tmp_path / "store"), "--query-embeddings", str(tmp_path / "q.jsonl"),
+                 "--k", "5", "--out", str(tmp_path / "b.trec")]) == 0
+    a, b = trec.read_run(str(tmp_path / "a.trec")), trec.read_run(str(tmp_path / "b.trec"))
+    assert {qid: metrics.rank(v) for qid, v in a.items()} == {qid: metrics.rank(v) for qid, v in b.items()}
+    top = np.argsort(-(q @ table.T), axis=1)[:, :5]
+    assert [metrics.rank(a[f"q{i}"]) for i in range(6)] == [[f"doc{j}" for j in row] for row in top]
+    assert json.loads(open(tmp_path / "a.reasoning.jsonl").readline()) == {"id": "q0", "reasoning": "think 0"}
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query-embeddings", str(tmp_path / "q.jsonl"),
+                 "--fingerprint", "other", "--out", str(tmp_path / "c.trec")]) == 1

@@ -99,3 +99,12 @@ def test_refusals(tmp_path):
         store.write_chunk(0, np.full((4, DIM), np.nan, np.float32))
     with pytest.raises(FileNotFoundError, match="not an embedding store"):
         EmbeddingStore.open(str(tmp_path / "nothing"))
+
+
+def test_default_chunks_bound_lost_work():
+    from t1_jax.retrieval.store import default_chunk_rows
+
+    assert default_chunk_rows(384, "float16", 32) == 1024  # row cap
+    rows = default_chunk_rows(2560, "float16", 32)
+    assert rows % 32 == 0 and rows * 2560 * 2 <= 4 << 20 and rows == 800  # byte cap, batch multiple
+    assert default_chunk_rows(100_000, "float32", 8) == 8  # never below one batch

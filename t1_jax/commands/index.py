@@ -1,4 +1,4 @@
-"""``t1 index``: document embeddings (a ``t1 encode`` store, or any encoder's ``.npy`` + ids) -> a ScaNN index folder."""
+"""``t1 index``: document embeddings (an embedding store, or any encoder's ``.npy`` + ids) -> a ScaNN index folder."""
 from __future__ import annotations
 
 import argparse

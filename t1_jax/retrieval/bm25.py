@@ -15,8 +15,6 @@ from typing import Sequence
 
 import numpy as np
 
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # its index-building debug lines are noise here
-
 _POSSESSIVE = re.compile(r"(?<=\w)['\u2019][sS]\b")
 
 
@@ -53,6 +51,7 @@ class BM25Index:
     def __init__(self, doc_ids: Sequence[str], doc_texts: Sequence[str], settings: BM25Settings = BM25Settings()):
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # after its import: its debug lines are noise here
         if len(doc_ids) == 0:
             raise ValueError("BM25: the corpus is empty")
         if len(doc_ids) != len(doc_texts):

@@ -1,4 +1,4 @@
-"""Precomputed query embeddings (``.npy`` + ids file, or jsonl of ``{id, embedding[, reasoning]}``) and search -> run."""
+"""Precomputed embeddings (``.npy`` + ids file, or jsonl of ``{id, embedding[, reasoning]}``) and search -> run."""
 from __future__ import annotations
 
 from typing import Optional, Sequence

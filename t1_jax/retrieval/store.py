@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 FORMAT = "t1-embeddings/1"
 _DTYPES = {"float16": "<f2", "float32": "<f4"}
 _TARGET_CHUNK_BYTES = 4 << 20
+_MAX_CHUNK_ROWS = 1024
 
 
 def _kvstore_spec(path: str) -> dict:
@@ -44,8 +45,8 @@ def _ids_digest(ids: Sequence[str]) -> str:
 
 
 def default_chunk_rows(dim: int, dtype: str, batch_size: int = 1) -> int:
-    """About 4 MiB per chunk, a multiple of the encoding batch size."""
-    rows = max(1, _TARGET_CHUNK_BYTES // (dim * np.dtype(_DTYPES[dtype]).itemsize))
+    """At most 4 MiB and 1024 rows per chunk (the work a crash can lose), a multiple of the encoding batch size."""
+    rows = max(1, min(_MAX_CHUNK_ROWS, _TARGET_CHUNK_BYTES // (dim * np.dtype(_DTYPES[dtype]).itemsize)))
     return max(batch_size, rows // batch_size * batch_size)
 
 
