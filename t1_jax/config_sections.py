@@ -1,0 +1,426 @@
+"""The sections of an experiment config: one frozen dataclass per concern, each validating itself.
+
+Every default that is a modelling choice (the T1 report publishes none) is listed in ``docs/design-choices.md``.
+Loading, overrides and serialisation live in ``t1_jax.config``, which re-exports everything here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line a user can act on."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Qwen3 decoder shape and numerics. Defaults are a tiny test model; presets live in ``t1_jax.model.presets``."""
+
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = True
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots (see t1_jax.model.qwen3.REMAT_POLICIES)
+    scan_layers: bool = True
+    emb_token_id: Optional[int] = None  # id of <embtoken>; set when the tokenizer is extended
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+
+    def validate(self) -> list[str]:
+        errors = []
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                errors.append(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads:
+            errors.append(f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads "
+                          f"({self.num_kv_heads})")
+        for name in ("param_dtype", "compute_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                errors.append(f"model.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+        if self.remat not in ("none", "full", "dots"):
+            errors.append(f"model.remat must be one of none, full, dots; got {self.remat!r}")
+        if self.emb_token_id is not None and not 0 <= self.emb_token_id < self.vocab_size:
+            errors.append(f"model.emb_token_id {self.emb_token_id} is outside the vocabulary (size {self.vocab_size})")
+        if self.rms_norm_eps <= 0:
+            errors.append(f"model.rms_norm_eps must be positive, got {self.rms_norm_eps}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh ``(data, fsdp, tensor)``; -1 on one axis means "all remaining devices"."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    # Multi-host: left empty, ``jax.distributed.initialize`` auto-detects on TPU pods.
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+    def validate(self) -> list[str]:
+        errors = []
+        sizes = (self.data, self.fsdp, self.tensor)
+        if sum(s == -1 for s in sizes) > 1:
+            errors.append("mesh: at most one of data/fsdp/tensor may be -1")
+        for name, size in zip(("data", "fsdp", "tensor"), sizes):
+            if size == 0 or size < -1:
+                errors.append(f"mesh.{name} must be a positive size or -1, got {size}")
+        return errors
+
+    def resolve(self, device_count: int) -> tuple[int, int, int]:
+        """Concrete (data, fsdp, tensor) sizes for ``device_count`` devices, or ConfigError."""
+        sizes = [self.data, self.fsdp, self.tensor]
+        fixed = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if fixed <= 0 or device_count % fixed:
+                raise ConfigError(f"mesh {self.data}x{self.fsdp}x{self.tensor} (data x fsdp x tensor) does not divide "
+                                  f"{device_count} devices")
+            sizes[sizes.index(-1)] = device_count // fixed
+        elif fixed != device_count:
+            raise ConfigError(f"mesh {self.data}x{self.fsdp}x{self.tensor} (data x fsdp x tensor) uses {fixed} devices "
+                              f"but {device_count} are available")
+        return tuple(sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Tokenizer and the T1 prompt formats (templates live in ``t1_jax.text``)."""
+
+    tokenizer: str = ""  # a folder with tokenizer.json (or a hub id when online)
+    emb_token: str = "<embtoken>"
+    query_instruction: str = "Given a question, reason about what a helpful document contains, then embed it."
+    doc_instruction: str = "Represent this document for retrieval."
+    domain_instructions: bool = True  # per-domain instructions for BRIGHT's domains
+    use_chat_template: bool = True
+    max_query_tokens: int = 256  # the whole query prompt (template + query text), reasoning not included
+    max_doc_tokens: int = 512  # the whole document sequence, <embtoken> included
+    max_reasoning_tokens: int = 256
+    # Templates: {instruction} and {text} / {query} are filled in; see t1_jax.text and docs/text.md.
+    doc_template: str = "{instruction}\n{text}"
+    query_template: str = "{instruction}\nQuery: {query}"  # the user message (chat) or the plain prompt
+    direct_query_format: str = "chat"  # stage-1 query without reasoning: chat (prompt + <embtoken>) | plain
+    # (domain, instruction) pairs that replace or extend the built-in per-domain tables in t1_jax.text
+    query_domain_instructions: tuple[tuple[str, str], ...] = ()
+    doc_domain_instructions: tuple[tuple[str, str], ...] = ()
+    stop_tokens: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")  # end-of-sequence tokens besides tokenizer.eos
+
+    def validate(self) -> list[str]:
+        errors = [f"text.{n} must be positive, got {getattr(self, n)}"
+                  for n in ("max_query_tokens", "max_doc_tokens", "max_reasoning_tokens") if getattr(self, n) <= 0]
+        if not self.emb_token:
+            errors.append("text.emb_token must be a non-empty token string such as <embtoken>")
+        for name, field in (("doc_template", "{text}"), ("query_template", "{query}")):
+            template = getattr(self, name)
+            if template.count(field) != 1:
+                errors.append(f"text.{name} must contain {field} exactly once, got {template!r}")
+            try:
+                template.format(instruction="", text="", query="")
+            except (KeyError, IndexError, ValueError) as e:
+                errors.append(f"text.{name}: only {{instruction}} and {field} may appear in braces ({e!r})")
+        if self.direct_query_format not in ("chat", "plain"):
+            errors.append(f"text.direct_query_format must be chat or plain, got {self.direct_query_format!r}")
+        for name in ("query_domain_instructions", "doc_domain_instructions"):
+            for pair in getattr(self, name):
+                if not pair[0].strip():
+                    errors.append(f"text.{name}: empty domain name in {pair!r}")
+        if any(not t for t in self.stop_tokens):
+            errors.append(f"text.stop_tokens must not contain empty strings, got {self.stop_tokens!r}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training data (grain). ``format``: jsonl (one example per line) or beir (corpus + queries + qrels)."""
+
+    train_path: str = ""
+    format: str = "jsonl"
+    corpus_path: str = ""  # jsonl positives/negatives given as document ids: the BEIR corpus.jsonl that holds them
+    beir_split: str = "train"
+    global_batch_size: int = 8
+    num_hard_negatives: int = 1
+    max_positives: int = 4  # positives per query remembered for duplicate masking
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int = 0  # 0 = repeat forever
+    length_buckets: tuple[int, ...] = ()  # padded lengths; empty = one bucket at the max length
+    prefetch: int = 2
+    worker_count: int = 0
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.format not in ("jsonl", "beir"):
+            errors.append(f"data.format must be jsonl or beir, got {self.format!r}")
+        if self.global_batch_size <= 0:
+            errors.append(f"data.global_batch_size must be positive, got {self.global_batch_size}")
+        if self.num_hard_negatives < 0:
+            errors.append(f"data.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
+        if self.max_positives < 1:
+            errors.append(f"data.max_positives must be >= 1, got {self.max_positives}")
+        if list(self.length_buckets) != sorted(set(self.length_buckets)) or any(b <= 0 for b in self.length_buckets):
+            errors.append(f"data.length_buckets must be increasing positive lengths, got {self.length_buckets}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup and cosine decay, global-norm clipping, gradient accumulation."""
+
+    lr: float = 1e-4
+    end_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    grad_accum_steps: int = 1
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.lr > 0:
+            errors.append(f"optimizer.lr must be positive, got {self.lr}")
+        if not 0 <= self.end_lr_ratio <= 1:
+            errors.append(f"optimizer.end_lr_ratio must be in [0, 1], got {self.end_lr_ratio}")
+        if self.warmup_steps < 0:
+            errors.append(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+            errors.append(f"optimizer.b1/b2 must be in [0, 1), got {self.b1}, {self.b2}")
+        if self.weight_decay < 0:
+            errors.append(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.clip_norm < 0:
+            errors.append(f"optimizer.clip_norm must be >= 0 (0 disables), got {self.clip_norm}")
+        if self.grad_accum_steps < 1:
+            errors.append(f"optimizer.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveConfig:
+    """Stage 1/2 losses: InfoNCE over the gathered global batch, plus stage 2's reasoning cross-entropy."""
+
+    temperature: float = 0.02
+    symmetric: bool = False
+    mask_duplicates: bool = True
+    sft_weight: float = 1.0  # lambda on the reasoning cross-entropy (stage 2)
+    ce_chunk_size: int = 128  # sequence chunk for the cross-entropy (never full [B, T, V] logits)
+    gradcache_chunk: int = 0  # > 0: GradCache-style chunked embedding/backprop of this many examples
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.temperature > 0:
+            errors.append(f"loss.temperature must be positive, got {self.temperature}")
+        if self.sft_weight < 0:
+            errors.append(f"loss.sft_weight must be >= 0, got {self.sft_weight}")
+        if self.ce_chunk_size <= 0:
+            errors.append(f"loss.ce_chunk_size must be positive, got {self.ce_chunk_size}")
+        if self.gradcache_chunk < 0:
+            errors.append(f"loss.gradcache_chunk must be >= 0, got {self.gradcache_chunk}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Reasoning generation before ``<embtoken>`` (inference and GRPO rollouts)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    prompt_buckets: tuple[int, ...] = (64, 128, 256, 512)
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.max_new_tokens < 0:
+            errors.append(f"sampling.max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            errors.append(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            errors.append(f"sampling.top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            errors.append(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if list(self.prompt_buckets) != sorted(self.prompt_buckets) or any(b <= 0 for b in self.prompt_buckets):
+            errors.append(f"sampling.prompt_buckets must be increasing positive lengths, got {self.prompt_buckets}")
+        return errors
+
+
+# Names of the GRPO registries (t1_jax.grpo.*), repeated here so validating a config does not import JAX; a test keeps
+# them equal to the registries.
+GRPO_REWARDS = ("ndcg", "mrr", "contrastive", "forced_penalty", "length")
+GRPO_ADVANTAGES = ("grpo", "drgrpo")
+GRPO_AGGREGATIONS = ("token_mean", "sequence_mean", "token_sum_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """Stage 3. Every field is our design choice; see docs/design-choices.md."""
+
+    group_size: int = 8
+    rollout_temperature: float = 1.0
+    rewards: tuple[tuple[str, float], ...] = (("ndcg", 1.0), ("forced_penalty", 0.1))
+    reward_k: int = 10
+    reward_temperature: float = 0.05
+    advantage: str = "grpo"  # grpo | drgrpo (t1_jax.grpo.ADVANTAGES)
+    advantage_eps: float = 1e-6
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.28
+    inner_steps: int = 1  # mu
+    beta: float = 0.01  # KL coefficient
+    kl_clamp: float = 10.0
+    loss_aggregation: str = "token_mean"  # token_mean | sequence_mean | token_sum_norm (t1_jax.grpo.AGGREGATIONS)
+    pool_refresh_every: int = 0  # 0 = pool embedded by the current model each step
+    aux_infonce_weight: float = 0.0
+    logprob_chunk_size: int = 128
+    ndcg_gain: str = "linear"  # linear (trec_eval's) | exponential (2^rel - 1); see t1_jax.grpo.rewards.GAINS
+    length_budget: int = 0  # tokens; the "length" reward penalises each token beyond it (needs > 0 when used)
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.group_size < 2:
+            errors.append(f"grpo.group_size must be >= 2 (advantages are relative within a group), got "
+                          f"{self.group_size}")
+        if self.rollout_temperature <= 0:
+            errors.append(f"grpo.rollout_temperature must be positive, got {self.rollout_temperature}")
+        if not self.rewards:
+            errors.append("grpo.rewards must name at least one reward")
+        if self.epsilon_low < 0 or self.epsilon_high < 0:
+            errors.append("grpo.epsilon_low/epsilon_high must be >= 0")
+        if self.inner_steps < 1:
+            errors.append(f"grpo.inner_steps must be >= 1, got {self.inner_steps}")
+        if self.beta < 0:
+            errors.append(f"grpo.beta must be >= 0, got {self.beta}")
+        if self.loss_aggregation not in GRPO_AGGREGATIONS:
+            errors.append(f"grpo.loss_aggregation must be one of {', '.join(GRPO_AGGREGATIONS)}; got "
+                          f"{self.loss_aggregation!r}")
+        if self.advantage not in GRPO_ADVANTAGES:
+            errors.append(f"grpo.advantage must be one of {', '.join(GRPO_ADVANTAGES)}; got {self.advantage!r}")
+        if self.advantage_eps < 0:
+            errors.append(f"grpo.advantage_eps must be >= 0, got {self.advantage_eps}")
+        for name, weight in self.rewards:
+            if name not in GRPO_REWARDS:
+                errors.append(f"grpo.rewards: unknown reward {name!r}; known: {', '.join(GRPO_REWARDS)}")
+            if not math.isfinite(weight):
+                errors.append(f"grpo.rewards: weight of {name!r} must be finite, got {weight}")
+        if self.reward_k <= 0:
+            errors.append(f"grpo.reward_k must be positive, got {self.reward_k}")
+        if not self.reward_temperature > 0:
+            errors.append(f"grpo.reward_temperature must be positive, got {self.reward_temperature}")
+        if self.ndcg_gain not in ("linear", "exponential"):
+            errors.append(f"grpo.ndcg_gain must be linear or exponential, got {self.ndcg_gain!r}")
+        if self.length_budget < 0 or (self.length_budget == 0 and any(n == "length" for n, _ in self.rewards)):
+            errors.append(f"grpo.length_budget must be > 0 when the length reward is used (>= 0 otherwise), got "
+                          f"{self.length_budget}")
+        if not self.kl_clamp > 0:
+            errors.append(f"grpo.kl_clamp must be positive, got {self.kl_clamp}")
+        if self.logprob_chunk_size <= 0:
+            errors.append(f"grpo.logprob_chunk_size must be positive, got {self.logprob_chunk_size}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """One loop for every stage."""
+
+    stage: str = "contrastive"  # contrastive (stage 1) | reasoning (stage 2) | grpo (stage 3)
+    num_steps: int = 100
+    seed: int = 0
+    init_from: str = ""  # an imported HF checkpoint (orbax) or a previous stage's workdir; empty = random init
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.stage not in ("contrastive", "reasoning", "grpo"):
+            errors.append(f"trainer.stage must be contrastive, reasoning or grpo; got {self.stage!r}")
+        for name in ("num_steps", "log_every", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                errors.append(f"trainer.{name} must be positive, got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                errors.append(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """Embedding store and ScaNN index settings (0 / empty = chosen from corpus size)."""
+
+    embedding_dtype: str = "float16"
+    normalize: bool = True
+    top_k: int = 100
+    encode_batch_size: int = 32
+    index_mode: str = "auto"  # auto | brute_force | tree_ah
+    num_leaves: int = 0
+    num_leaves_to_search: int = 0
+    reorder_k: int = 0
+    brute_force_below: int = 20_000  # auto mode: exact brute force under this many documents
+    leaves_fraction: float = 0.05  # auto num_leaves_to_search = max(20, fraction x num_leaves)
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.brute_force_below < 0:
+            errors.append(f"retrieval.brute_force_below must be >= 0, got {self.brute_force_below}")
+        if not 0 < self.leaves_fraction <= 1:
+            errors.append(f"retrieval.leaves_fraction must be in (0, 1], got {self.leaves_fraction}")
+        for name in ("num_leaves", "num_leaves_to_search", "reorder_k"):
+            if getattr(self, name) < 0:
+                errors.append(f"retrieval.{name} must be >= 0 (0 = automatic), got {getattr(self, name)}")
+        if self.embedding_dtype not in ("float16", "float32"):
+            errors.append(f"retrieval.embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}")
+        if self.top_k <= 0:
+            errors.append(f"retrieval.top_k must be positive, got {self.top_k}")
+        if self.encode_batch_size <= 0:
+            errors.append(f"retrieval.encode_batch_size must be positive, got {self.encode_batch_size}")
+        if self.index_mode not in ("auto", "brute_force", "tree_ah"):
+            errors.append(f"retrieval.index_mode must be auto, brute_force or tree_ah; got {self.index_mode!r}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation sets and cut-offs."""
+
+    datasets: tuple[str, ...] = ()
+    ks: tuple[int, ...] = (10, 100)
+    bm25_baseline: bool = True
+
+    def validate(self) -> list[str]:
+        return [f"eval.ks must be positive, got {self.ks}"] if any(k <= 0 for k in self.ks) else []
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    model: ModelConfig = ModelConfig()
+    mesh: MeshConfig = MeshConfig()
+    text: TextConfig = TextConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    loss: ContrastiveConfig = ContrastiveConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+_DTYPES = {"float32", "bfloat16", "float16"}
