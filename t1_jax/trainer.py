@@ -92,6 +92,36 @@ def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
     return step
 
 
+def init_state_fn(stage: TrainStage, tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
+    """rng -> fresh TrainState (parameters constrained to the stage's shardings); jit it under the stage's mesh."""
+
+    def init(rng):
+        params_rng, state_rng = jax.random.split(rng)
+        params = stage.init_params(params_rng)
+        if stage.param_shardings is not None:
+            params = jax.lax.with_sharding_constraint(params, stage.param_shardings)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
+
+    return init
+
+
+def jit_train_step(stage: TrainStage, grad_accum_steps: int, tx: optax.GradientTransformation, schedule,
+                   state_shardings: Any) -> Callable:
+    """The jitted step the trainer runs: (state, global batch) -> (state, metrics), state donated and kept on
+    ``state_shardings``. Needs no data: ``t1 compile-check`` lowers it with abstract inputs."""
+    if stage.step_fn is None and stage.loss_fn is None:
+        raise ValueError(f"stage {stage.name!r} provides neither loss_fn nor step_fn")
+    body = stage.step_fn or standard_step(stage.loss_fn, grad_accum_steps)
+    return jax.jit(lambda s, b: body(s, b, tx, schedule), donate_argnums=(0,), out_shardings=(state_shardings, None))
+
+
+def batch_shardings(mesh: Mesh, shapes: dict[str, tuple], logical_axes: Optional[dict[str, tuple]] = None
+                    ) -> dict[str, NamedSharding]:
+    """NamedSharding per batch key: ``logical_axes[key]`` or the leading dimension over the batch axes."""
+    return {k: mesh_lib.logical_sharding(mesh, (logical_axes or {}).get(k) or ("batch",) + (None,) * (len(s) - 1))
+            for k, s in shapes.items()}
+
+
 class Trainer:
     def __init__(self, cfg: config_lib.ExperimentConfig, workdir: str, mesh: Mesh):
         self.cfg = cfg
@@ -107,19 +137,10 @@ class Trainer:
     # ---- state -----------------------------------------------------------------------------------------------------
 
     def _init_state_fn(self, stage: TrainStage) -> Callable[[jax.Array], TrainState]:
-        def init(rng):
-            params_rng, state_rng = jax.random.split(rng)
-            params = stage.init_params(params_rng)
-            if stage.param_shardings is not None:
-                params = jax.lax.with_sharding_constraint(params, stage.param_shardings)
-            return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-                              rng=state_rng)
-
-        return init
+        return init_state_fn(stage, self.tx)
 
     def _batch_sharding(self, key: str, ndim: int) -> NamedSharding:
-        axes = (self._batch_axes or {}).get(key) or ("batch",) + (None,) * (ndim - 1)
-        return mesh_lib.logical_sharding(self.mesh, axes)
+        return batch_shardings(self.mesh, {key: (0,) * ndim}, self._batch_axes)[key]
 
     def global_batch(self, local: Batch) -> Batch:
         """Host-local numpy arrays -> global jax Arrays sharded over the batch axes."""
@@ -131,16 +152,13 @@ class Trainer:
     def fit(self, stage: TrainStage) -> TrainState:
         tcfg = self.cfg.trainer
         self._batch_axes = stage.batch_logical_axes
-        step_body = stage.step_fn or standard_step(stage.loss_fn, self.cfg.optimizer.grad_accum_steps)
-        if stage.step_fn is None and stage.loss_fn is None:
-            raise ValueError(f"stage {stage.name!r} provides neither loss_fn nor step_fn")
 
         with mesh_lib.use_mesh(self.mesh):
             init = jax.jit(self._init_state_fn(stage))
             rng0 = jax.random.PRNGKey(tcfg.seed)
             state_shardings = init.lower(rng0).compile().output_shardings
-            step_fn = jax.jit(lambda s, b: step_body(s, b, self.tx, self.schedule), donate_argnums=(0,),
-                              out_shardings=(state_shardings, None))
+            step_fn = jit_train_step(stage, self.cfg.optimizer.grad_accum_steps, self.tx, self.schedule,
+                                     state_shardings)
 
             manager = self._checkpoint_manager()
             state, start = self._restore_or_init(manager, init, rng0, state_shardings, stage)

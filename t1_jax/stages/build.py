@@ -76,8 +76,8 @@ def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
 
     with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
     examples = load_examples(cfg.data, require_reasoning=with_reasoning)
-    local_batch = cfg.data.global_batch_size // jax.process_count()
-    batches = contrastive_batches(examples, formatter, cfg.data, local_batch, with_reasoning)
+    host_rows = mesh_lib.process_batch_rows(mesh, cfg.data.global_batch_size)  # this host's rows of each batch
+    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), with_reasoning, host_rows)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
     return TrainStage(
         name=f"stage {'2 (reasoning)' if with_reasoning else '1 (contrastive)'}",
@@ -116,6 +116,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
         graphdef = nnx.graphdef(abstract_model(cfg.model))
         out = os.path.join(workdir, MODEL_SUBDIR)
         save_model(out, nnx.merge(graphdef, state.params))
-        formatter.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+        if jax.process_index() == 0:  # a shared path: one writer
+            formatter.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
         log.info("finished %s: model saved to %s", stage.name, out)
     return state
