@@ -188,6 +188,36 @@ def contrastive_flops(cfg: ExperimentConfig, with_reasoning: bool) -> FlopCount:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def replicated(mesh):
+    import jax
+
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def state_shardings_of(stage, tx, mesh, rng) -> Any:
+    """The TrainState shardings the trainer gets from compiling its initialiser (``Trainer.fit``), without compiling
+    the random initialisation of billions of parameters: the initialiser pins the parameters to
+    ``stage.param_shardings`` and the optimizer state is built by ``init_opt_state`` from them, so the check compiles
+    just that on parameters carrying those shardings; step and rng are replicated scalars.
+    (``tests/test_compile_check.py`` checks this equals the full initialiser's output shardings.)"""
+    import jax
+
+    from t1_jax.trainer import TrainState, init_opt_state, init_state_fn
+
+    start = time.perf_counter()
+    shapes = jax.eval_shape(init_state_fn(stage, tx), rng)
+    params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes.params,
+                                    stage.param_shardings)
+    opt_init = jax.jit(lambda p: init_opt_state(tx, p, stage.param_shardings))
+    opt_shardings = opt_init.lower(params).compile().output_shardings
+    # Leaves that depend on no input (AdamW's step count) come back on one device; in the trainer they are replicated.
+    opt_shardings = jax.tree_util.tree_map(lambda sh: sh if len(sh.device_set) == mesh.size else replicated(mesh),
+                                           opt_shardings)
+    log.info("state shardings from tx.init in %.1f s", time.perf_counter() - start)
+    return TrainState(step=replicated(mesh), params=stage.param_shardings, opt_state=opt_shardings,
+                      rng=replicated(mesh))
+
+
 def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[str, tuple], flops: FlopCount,
                        tokens: int, description: str) -> Program:
     """The trainer's jitted step for ``stage`` (a TrainStage without data) with abstract state and batch."""
@@ -199,14 +229,10 @@ def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[st
 
     tx, schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
     with mesh_lib.use_mesh(mesh):
-        init = jax.jit(init_state_fn(stage, tx))
-        rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32,
-                                   sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-        start = time.perf_counter()
-        state_shardings = init.lower(rng).compile().output_shardings  # what Trainer.fit does
-        log.info("compiled the state initialiser (for the state shardings) in %.1f s", time.perf_counter() - start)
+        rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
+        state_shardings = state_shardings_of(stage, tx, mesh, rng)
         abstract_state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                                jax.eval_shape(init, rng), state_shardings)
+                                                jax.eval_shape(init_state_fn(stage, tx), rng), state_shardings)
         step = jit_train_step(stage, cfg.optimizer.grad_accum_steps, tx, schedule, state_shardings)
     batch = abstract_tree(batch_shapes, batch_shardings(mesh, {k: s for k, (s, _) in batch_shapes.items()},
                                                         stage.batch_logical_axes))

@@ -92,15 +92,29 @@ def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
     return step
 
 
+def init_opt_state(tx: optax.GradientTransformation, params: Params, param_shardings: Any = None) -> Any:
+    """``tx.init(params)`` with every parameter-shaped part (AdamW's moments) pinned to the parameters' shardings.
+
+    Without the constraint the moments are zeros that depend on no input, and XLA replicates them on every device
+    (found by ``t1 compile-check``: for a 4B model that is 16 GiB of bf16 moments per chip instead of 16 GiB / fsdp).
+    """
+    opt_state = tx.init(params)
+    if param_shardings is None:
+        return opt_state
+    return optax.tree_map_params(tx, jax.lax.with_sharding_constraint, opt_state, param_shardings)
+
+
 def init_state_fn(stage: TrainStage, tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
-    """rng -> fresh TrainState (parameters constrained to the stage's shardings); jit it under the stage's mesh."""
+    """rng -> fresh TrainState (parameters and optimizer moments constrained to the stage's shardings); jit it under
+    the stage's mesh."""
 
     def init(rng):
         params_rng, state_rng = jax.random.split(rng)
         params = stage.init_params(params_rng)
         if stage.param_shardings is not None:
             params = jax.lax.with_sharding_constraint(params, stage.param_shardings)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=init_opt_state(tx, params, stage.param_shardings), rng=state_rng)
 
     return init
 

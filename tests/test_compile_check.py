@@ -141,3 +141,33 @@ def test_default_topology_without_env(monkeypatch):
 def test_bad_topology_is_one_line(capsys):
     assert main(["compile-check", "--config", "experiments/tiny_stage1.py", "--topology", "v5p-7"]) == 1
     assert "multiple of 2" in capsys.readouterr().err
+
+
+def test_state_shardings_equal_the_trainers_compiled_initialiser():
+    import jax
+
+    from t1_jax import mesh as mesh_lib
+    from t1_jax.optimizer import make_optimizer
+    from t1_jax.stages.contrastive import make_loss_fn, model_functions
+    from t1_jax.trainer import TrainStage, init_state_fn
+
+    cfg = config_lib.load_config("experiments/tiny_stage1.py")  # fsdp 2 x tensor 2 on the 8 CPU devices
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    stage = TrainStage("s1", init_params, None, make_loss_fn(cfg, graphdef, mesh), param_shardings=shardings)
+    tx, _ = make_optimizer(cfg.optimizer, 10)
+    rng = jax.random.PRNGKey(0)
+    with mesh_lib.use_mesh(mesh):
+        expected = jax.jit(init_state_fn(stage, tx)).lower(rng).compile().output_shardings  # what Trainer.fit does
+        got = compile_check.state_shardings_of(stage, tx, mesh, rng)
+    shapes = jax.eval_shape(init_state_fn(stage, tx), rng)
+    flat_expected, tree_expected = jax.tree_util.tree_flatten(expected)
+    flat_got, tree_got = jax.tree_util.tree_flatten(got)
+    assert tree_expected == tree_got
+    leaves = jax.tree_util.tree_leaves(shapes)
+    assert len(leaves) == len(flat_got) > 10
+    sharded = 0
+    for e, g, leaf in zip(flat_expected, flat_got, leaves):
+        assert e.is_equivalent_to(g, leaf.ndim), (e, g, leaf.shape)
+        sharded += not g.is_fully_replicated
+    assert sharded > len(leaves) // 2  # parameters and both AdamW moments are sharded, not replicated
