@@ -18,10 +18,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "t1_jax.commands.config_cmd",
     "t1_jax.commands.convert",
     "t1_jax.commands.train",
+    "t1_jax.commands.embed",
+    "t1_jax.commands.encode",
     "t1_jax.commands.index",
     "t1_jax.commands.search",
     "t1_jax.commands.eval",
     "t1_jax.commands.compile_check",
+    "t1_jax.commands.quickstart",
 )
 
 

@@ -140,6 +140,8 @@ class T1Formatter:
                           else (self.cfg.doc_instruction, self._doc_instructions))
         if domain is None or not self.cfg.domain_instructions:
             return default
+        if domain not in table:  # BRIGHT's hub copy spells domains with underscores (earth_science)
+            domain = domain.replace("_", "-")
         if domain not in table:
             raise ValueError(f"no {side} instruction for domain {domain!r}; known: {', '.join(sorted(table))} "
                              f"(add one with text.{side}_domain_instructions)")

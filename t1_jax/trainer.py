@@ -43,10 +43,11 @@ LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict]]
 
 @struct.dataclass
 class TrainState:
-    step: jax.Array
+    step: jax.Array  # optimizer updates applied
     params: Params
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
+    extra: Any = None  # stage-specific state that must survive a restart (e.g. GRPO's pool-embedding snapshot)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,8 +62,13 @@ class TrainStage:
     init_params: Callable[[jax.Array], Params]  # rng -> params (traced under jit; also gives the state's shardings)
     batches: Any  # checkpointable iterator (grain DatasetIterator: get_state/set_state) of host-local numpy dicts
     loss_fn: Optional[LossFn] = None  # (params, global batch, rng) -> (loss, metrics)
-    # Custom step (GRPO): (state, batch, tx, schedule) -> (state, metrics); build it with ``apply_gradients``.
+    # Custom step (GRPO): (state, batch, tx, schedule, frozen) -> (state, metrics); build it with ``apply_gradients``.
     step_fn: Optional[Callable[..., tuple[TrainState, dict]]] = None
+    updates_per_step: int = 1  # optimizer updates one step applies (GRPO's inner iterations): sizes the schedule
+    init_extra: Optional[Callable[[Params], Any]] = None  # params -> TrainState.extra at initialisation
+    # Inputs every step reads but never updates and that need no checkpoint (GRPO's frozen reference policy): loaded
+    # once at start, already placed on their shardings, passed to ``step_fn`` as ``frozen``.
+    frozen: Optional[Callable[[], Any]] = None
     param_shardings: Any = None  # pytree of NamedSharding like params; None = replicated
     batch_logical_axes: Optional[dict[str, tuple]] = None  # per key; default: leading dim over the batch axes
     tokens_in_batch: Optional[Callable[[Batch], int]] = None  # host-side count for tokens/s
@@ -81,12 +87,14 @@ def apply_gradients(state: TrainState, grads: Params, tx: optax.GradientTransfor
 def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
     """The step of the gradient-based stages: (accumulated) value-and-grad, AdamW update, metrics."""
 
-    def step(state: TrainState, batch: Batch, tx: optax.GradientTransformation, schedule) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch: Batch, tx: optax.GradientTransformation, schedule, frozen=None
+             ) -> tuple[TrainState, dict]:
+        del frozen
         rng, step_rng = jax.random.split(state.rng)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_rng, grad_accum_steps)
         new_state = apply_gradients(state, grads, tx).replace(rng=rng)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return new_state, metrics
 
     return step
@@ -104,6 +112,12 @@ def init_opt_state(tx: optax.GradientTransformation, params: Params, param_shard
     return optax.tree_map_params(tx, jax.lax.with_sharding_constraint, opt_state, param_shardings)
 
 
+def new_state(stage: TrainStage, tx: optax.GradientTransformation, params: Params, rng: jax.Array) -> TrainState:
+    extra = stage.init_extra(params) if stage.init_extra is not None else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=init_opt_state(tx, params, stage.param_shardings), rng=rng, extra=extra)
+
+
 def init_state_fn(stage: TrainStage, tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
     """rng -> fresh TrainState (parameters and optimizer moments constrained to the stage's shardings); jit it under
     the stage's mesh."""
@@ -113,20 +127,20 @@ def init_state_fn(stage: TrainStage, tx: optax.GradientTransformation) -> Callab
         params = stage.init_params(params_rng)
         if stage.param_shardings is not None:
             params = jax.lax.with_sharding_constraint(params, stage.param_shardings)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=init_opt_state(tx, params, stage.param_shardings), rng=state_rng)
+        return new_state(stage, tx, params, state_rng)
 
     return init
 
 
 def jit_train_step(stage: TrainStage, grad_accum_steps: int, tx: optax.GradientTransformation, schedule,
                    state_shardings: Any) -> Callable:
-    """The jitted step the trainer runs: (state, global batch) -> (state, metrics), state donated and kept on
+    """The jitted step the trainer runs: (state, global batch, frozen) -> (state, metrics), state donated and kept on
     ``state_shardings``. Needs no data: ``t1 compile-check`` lowers it with abstract inputs."""
     if stage.step_fn is None and stage.loss_fn is None:
         raise ValueError(f"stage {stage.name!r} provides neither loss_fn nor step_fn")
     body = stage.step_fn or standard_step(stage.loss_fn, grad_accum_steps)
-    return jax.jit(lambda s, b: body(s, b, tx, schedule), donate_argnums=(0,), out_shardings=(state_shardings, None))
+    return jax.jit(lambda s, b, f: body(s, b, tx, schedule, f), donate_argnums=(0,),
+                   out_shardings=(state_shardings, None))
 
 
 def batch_shardings(mesh: Mesh, shapes: dict[str, tuple], logical_axes: Optional[dict[str, tuple]] = None
@@ -139,19 +153,22 @@ def batch_shardings(mesh: Mesh, shapes: dict[str, tuple], logical_axes: Optional
 class Trainer:
     def __init__(self, cfg: config_lib.ExperimentConfig, workdir: str, mesh: Mesh):
         self.cfg = cfg
-        self.workdir = workdir
+        self.workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # orbax wants absolute paths
         self.mesh = mesh
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
         self._stop_signal: Optional[int] = None
         self._batch_axes: Optional[dict] = None
         if jax.process_index() == 0 and "://" not in workdir:  # gs:// workdirs: the launcher keeps the config
-            os.makedirs(workdir, exist_ok=True)
-            config_lib.save_json(cfg, os.path.join(workdir, "config.json"))
+            os.makedirs(self.workdir, exist_ok=True)
+            config_lib.save_json(cfg, os.path.join(self.workdir, "config.json"))
 
     # ---- state -----------------------------------------------------------------------------------------------------
 
     def _init_state_fn(self, stage: TrainStage) -> Callable[[jax.Array], TrainState]:
         return init_state_fn(stage, self.tx)
+
+    def _new_state(self, stage: TrainStage, params: Params, rng: jax.Array) -> TrainState:
+        return new_state(stage, self.tx, params, rng)
 
     def _batch_sharding(self, key: str, ndim: int) -> NamedSharding:
         return batch_shardings(self.mesh, {key: (0,) * ndim}, self._batch_axes)[key]
@@ -166,6 +183,8 @@ class Trainer:
     def fit(self, stage: TrainStage) -> TrainState:
         tcfg = self.cfg.trainer
         self._batch_axes = stage.batch_logical_axes
+        if stage.updates_per_step != 1:
+            self.tx, self.schedule = make_optimizer(self.cfg.optimizer, tcfg.num_steps * stage.updates_per_step)
 
         with mesh_lib.use_mesh(self.mesh):
             init = jax.jit(self._init_state_fn(stage))
@@ -176,11 +195,12 @@ class Trainer:
 
             manager = self._checkpoint_manager()
             state, start = self._restore_or_init(manager, init, rng0, state_shardings, stage)
+            frozen = stage.frozen() if stage.frozen is not None else None
             writer = MetricWriter(os.path.join(self.workdir, "tensorboard"),
                                   jsonl=os.path.join(self.workdir, "metrics.jsonl") if "://" not in self.workdir else None)
             previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
             try:
-                state = self._loop(stage, state, start, step_fn, manager, writer)
+                state = self._loop(stage, state, start, lambda s, b: step_fn(s, b, frozen), manager, writer)
             finally:
                 signal.signal(signal.SIGTERM, previous_handler)
                 manager.wait_until_finished()
@@ -210,6 +230,8 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 host = {k: float(np.asarray(v)) for k, v in host.items()}
                 host["steps_per_s"] = window_steps / max(elapsed, 1e-9)
+                if "generated_tokens" in host:
+                    host["generated_tokens_per_s"] = host["generated_tokens"] * host["steps_per_s"]
                 if window_tokens:
                     host["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
                     mfu = self._mfu(stage, host["tokens_per_s"])
@@ -257,8 +279,7 @@ class Trainer:
         if latest is None and stage.pretrained is not None:
             log.info("%s: no checkpoint in %s; starting from pretrained parameters", stage.name, self.workdir)
             params = stage.pretrained()
-            from_params = jax.jit(lambda p, rng: TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                                            opt_state=self.tx.init(p), rng=jax.random.split(rng)[1]),
+            from_params = jax.jit(lambda p, rng: self._new_state(stage, p, jax.random.split(rng)[1]),
                                   out_shardings=state_shardings)
             return from_params(params, rng0), 0
         if latest is None:

@@ -91,9 +91,9 @@ def test_sharded_forward_equals_unsharded():
     batch_sh = NamedSharding(mesh, P(("data", "fsdp"), None))
     state = jax.device_put(state, state_sh)
     q = state["layers"]["q_proj"][...]
-    assert q.sharding.spec == P(None, "fsdp", "tensor", None)
-    assert q.addressable_shards[0].data.shape == (cfg.num_layers, cfg.hidden_size // 2, cfg.num_heads // 2,
-                                                   cfg.head_dim)
+    assert q.sharding.spec == P(None, "tensor", None, "fsdp")
+    assert q.addressable_shards[0].data.shape == (cfg.num_layers, cfg.num_heads // 2, cfg.head_dim,
+                                                   cfg.hidden_size // 2)
 
     def forward(state, tokens, positions, mask):
         with use_mesh(mesh):

@@ -55,7 +55,7 @@ def test_import_export_import_is_identity(tmp_path):
     assert len(files) > 1 and os.path.isfile(tmp_path / "out" / st.INDEX_FILE)
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     second = import_hf(str(tmp_path / "out"), mesh=mesh)
-    assert second.layers.gate_proj[...].sharding.spec == logical_to_spec(("layers", "embed", "mlp"))
+    assert second.layers.gate_proj[...].sharding.spec == logical_to_spec(("layers", "mlp", "embed"))
     a, b = _params(first), _params(second)
     assert a.keys() == b.keys()
     for key in a:
@@ -73,7 +73,7 @@ def test_bfloat16_checkpoint_imports_exactly(tmp_path):
     model = import_hf(str(tmp_path / "bf16"))
     assert model.cfg.param_dtype == "bfloat16" and model.layers.q_proj[...].dtype == jax.numpy.bfloat16
     ref = hf_model.model.layers[1].self_attn.q_proj.weight.detach().float().numpy()  # [n*h, d]
-    ours = np.asarray(model.layers.q_proj[...][1], np.float32).reshape(model.cfg.hidden_size, -1).T
+    ours = np.asarray(model.layers.q_proj[...][1], np.float32).reshape(-1, model.cfg.hidden_size)
     np.testing.assert_array_equal(ours, ref)
 
 
@@ -146,8 +146,8 @@ def test_set_token_row(tied):
     np.testing.assert_array_equal(emb[:512], before)
     np.testing.assert_allclose(emb[515], before[:500].mean(0), rtol=1e-6, atol=1e-7)
     if not tied:
-        assert model.lm_head[...].shape == (cfg.hidden_size, 640)
-        np.testing.assert_allclose(model.lm_head[...][:, 515], np.asarray(model.lm_head[...])[:, :500].mean(1),
+        assert model.lm_head[...].shape == (640, cfg.hidden_size)
+        np.testing.assert_allclose(model.lm_head[...][515], np.asarray(model.lm_head[...])[:500].mean(0),
                                    rtol=1e-6, atol=1e-7)
     set_token_row(model, 10, n_real_tokens=8)  # inside: no growth, row re-initialised
     assert model.cfg.vocab_size == 640
@@ -162,7 +162,7 @@ def test_save_load_roundtrip_sharded(tmp_path):
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     loaded = load_model(str(tmp_path / "m"), mesh=mesh)
     assert loaded.cfg == model.cfg
-    assert loaded.lm_head[...].sharding.spec == logical_to_spec(("embed", "vocab"))
+    assert loaded.lm_head[...].sharding.spec == logical_to_spec(("vocab", "embed"))
     a, b = _params(model), _params(loaded)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))

@@ -215,3 +215,47 @@ def test_text_config_validation():
     assert any("doc_template must contain {text}" in e for e in errors)
     assert any("query_template" in e and "braces" in e for e in errors)
     assert any("direct_query_format" in e for e in errors)
+
+
+def test_bright_queries_encode_with_exact_truncation_counts(fmt, tok, shared_data):
+    """All 1,384 real BRIGHT queries with their domain instructions: the reported count of truncated prompts equals
+    an independent count (query tokens beyond the room the template leaves), and every prompt stays well formed."""
+    import gzip
+    import json
+
+    rows = []
+    for domain in BRIGHT_DOMAINS:
+        with gzip.open(shared_data / "bright" / "topics" / f"topics.bright-{domain}-original.jsonl.gz", "rt") as f:
+            rows += [(json.loads(line), domain) for line in f]
+    assert len(rows) == 1384
+    queries, domains = [r["query"] for r, _ in rows], [d for _, d in rows]
+    encoded, stats = batch_encode(fmt, "query_prompt", queries, domains=domains)
+    limit = TextConfig().max_query_tokens
+    suffix = joint(tok, "<|im_end|>\n<|im_start|>assistant\n")
+    expected = 0
+    for query, domain in zip(queries, domains):
+        prefix = joint(tok, f"<|im_start|>user\n{DOMAIN_QUERY_INSTRUCTIONS[domain]}\nQuery:")
+        room = limit - len(prefix) - len(suffix)
+        expected += len(tok.encode(" " + query, add_special_tokens=False)) > room
+    assert stats.total == 1384 and stats.truncated == expected and 0 < expected < 1384
+    assert all(len(e) <= limit and e.ids[-len(suffix):] == suffix for e in encoded)
+    # BRIGHT's reference reasoning as stage-2 targets: the mask covers the (possibly cut) reasoning and <embtoken>
+    budget = TextConfig().max_reasoning_tokens
+    pairs = [(r["query"], r["reasoning"]) for r, _ in rows[:50]]
+    for (query, reasoning), enc in zip(pairs, batch_encode(fmt, "query_with_reasoning", pairs)[0]):
+        n = len(tok.encode(reasoning, add_special_tokens=False, split_special_tokens=True))
+        assert sum(enc.loss_mask) == min(n, budget) + 1 and enc.ids[-1] == QWEN3_EMB_ID
+
+
+def test_underscore_domain_names_are_accepted(fmt):
+    assert fmt.instruction("query", "earth_science") == DOMAIN_QUERY_INSTRUCTIONS["earth-science"]
+
+
+def test_text_fields_override_and_round_trip_through_json():
+    from t1_jax.config import ExperimentConfig, apply_overrides, from_dict, to_dict
+
+    cfg = apply_overrides(ExperimentConfig(), ['text.query_domain_instructions=[["toy", "Do the sum."]]',
+                                               "text.direct_query_format=plain", "text.stop_tokens=<|im_end|>"])
+    assert cfg.text.query_domain_instructions == (("toy", "Do the sum."),)
+    assert cfg.text.direct_query_format == "plain" and cfg.text.stop_tokens == ("<|im_end|>",)
+    assert from_dict(to_dict(cfg)) == cfg

@@ -33,17 +33,54 @@ def _from_embeddings(args: argparse.Namespace) -> QueryBatch:
     return QueryBatch(ids, q_bd, reasoning)
 
 
-QUERY_SOURCES: dict[str, Callable[[argparse.Namespace], QueryBatch]] = {"embeddings": _from_embeddings}
+def _from_model(args: argparse.Namespace) -> QueryBatch:
+    """Encode queries with a T1 checkpoint: the sampler writes reasoning, the embedding is read at <embtoken>."""
+    import json as _json
+
+    from t1_jax.commands.embed import load_encoder, read_query_rows
+
+    if not args.checkpoint:
+        raise ValueError("--checkpoint is required for --queries-from model")
+    if bool(args.queries) == bool(args.query):
+        raise ValueError("give either --queries FILE or --query TEXT (repeatable) with --checkpoint")
+    if args.queries:
+        ids, texts, domains = read_query_rows(args.queries, args.domain)
+    else:
+        ids, texts, domains = [f"q{i}" for i in range(len(args.query))], list(args.query), None
+        domains = [args.domain] * len(texts)
+    encoder, _ = load_encoder(args, args.checkpoint)
+    emb, reasoning, stats = encoder.encode_queries(texts, domains, reasoning=not args.no_reasoning, seed=args.seed)
+    print(_json.dumps({"query_encoding": stats}))
+    if args.query:
+        for qid, text, r in zip(ids, texts, reasoning):
+            print(f"{qid}: {text}\n  reasoning: {r}")
+    args.fingerprint = encoder.fingerprint if args.fingerprint is None else args.fingerprint
+    return QueryBatch(ids, emb, dict(zip(ids, reasoning)))
+
+
+QUERY_SOURCES: dict[str, Callable[[argparse.Namespace], QueryBatch]] = {"embeddings": _from_embeddings,
+                                                                        "model": _from_model}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="EXP", help="optional experiment (retrieval.top_k, ...)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides", action="extend")
-    parser.add_argument("--queries-from", choices=sorted(QUERY_SOURCES), default="embeddings",
-                        help="where query embeddings come from")
+    parser.add_argument("--queries-from", choices=sorted(QUERY_SOURCES), default=None,
+                        help="where query embeddings come from (default: model with --checkpoint, else embeddings)")
     parser.add_argument("--query-embeddings", help=".npy [num_queries, dim] (with --query-ids) or jsonl of "
                         "{id, embedding[, reasoning]}")
     parser.add_argument("--query-ids", help="query ids for a .npy, one per line in row order")
+    model = parser.add_argument_group("model-based query encoding (--checkpoint)")
+    model.add_argument("--checkpoint", default=None, help="T1 model folder or `t1 train` workdir: queries are "
+                       "encoded by generating reasoning, then embedding at <embtoken>")
+    model.add_argument("--queries", default=None, help="jsonl of {id, query|text[, domain]}")
+    model.add_argument("--query", action="append", default=[], help="a query text (repeatable; ids q0, q1, ...)")
+    model.add_argument("--no-reasoning", action="store_true", help="prompt + <embtoken> without generation")
+    model.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
+    model.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <model>/tokenizer)")
+    model.add_argument("--batch-size", type=int, default=None, help="default: retrieval.encode_batch_size")
+    model.add_argument("--domain", default=None, help="BRIGHT domain instructions for every query")
+    model.add_argument("--mesh-data", type=int, default=-1, help="data-parallel ways (default: all devices)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--index", help="a `t1 index` folder (ScaNN)")
     target.add_argument("--exact", metavar="DOCS", help="exact search instead: an embedding store folder, or a .npy "
@@ -102,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     k = args.k or cfg.retrieval.top_k
     if k <= 0:
         raise ValueError(f"--k must be positive, got {k}")
-    batch = QUERY_SOURCES[args.queries_from](args)
+    source = args.queries_from or ("model" if args.checkpoint else "embeddings")
+    batch = QUERY_SOURCES[source](args)
     searcher = _searcher(args, int(batch.embeddings.shape[1]))
     run_ = search_to_run(searcher, batch.embeddings, batch.ids, k)
     write_run(args.out, run_, tag=args.tag)

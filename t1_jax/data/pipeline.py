@@ -36,6 +36,9 @@ from t1_jax.data.examples import TrainExample, doc_key
 from t1_jax.text import T1Formatter
 
 ROUND_TO = 64  # without explicit buckets, lengths are padded up to a multiple of this (bounded recompiles)
+# stage 1: instruction + query + <embtoken>; stage 2: + teacher reasoning; stage 3 (GRPO): the prompt the policy
+# continues with its own reasoning.
+QUERY_KINDS = ("query_direct", "query_with_reasoning", "query_prompt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +74,12 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
 class Collate:
     """Tokenise a list of selected examples with the T1 formats and pad to the bucket lengths."""
 
-    def __init__(self, formatter: T1Formatter, with_reasoning: bool, num_negatives: int, max_positives: int,
+    def __init__(self, formatter: T1Formatter, query_kind: str, num_negatives: int, max_positives: int,
                  buckets: Sequence[int] = (), fixed_lengths: Optional[tuple[int, int]] = None):
+        if query_kind not in QUERY_KINDS:
+            raise ValueError(f"query kind {query_kind!r}; one of {QUERY_KINDS}")
         self.formatter = formatter
-        self.with_reasoning = with_reasoning
+        self.query_kind = query_kind
         self.num_negatives = num_negatives
         self.max_positives = max_positives
         self.buckets = tuple(buckets)
@@ -98,11 +103,11 @@ class Collate:
         fmt = self.formatter
         examples = [s.example for s in selected]
         domains = [e.domain for e in examples]
-        if self.with_reasoning:
-            queries = fmt.encode_many("query_with_reasoning", [(e.query, e.reasoning or "") for e in examples],
-                                      domains)
+        if self.query_kind == "query_with_reasoning":
+            rows = [(e.query, e.reasoning or "") for e in examples]
         else:
-            queries = fmt.encode_many("query_direct", [e.query for e in examples], domains)
+            rows = [e.query for e in examples]
+        queries = fmt.encode_many(self.query_kind, rows, domains)
         doc_texts, doc_domains = [], []
         for s in selected:
             for text in (s.positive, *s.negatives):
@@ -133,14 +138,12 @@ class Collate:
                 "pos_keys": pos_keys}
 
 
-def max_lengths(formatter: T1Formatter, with_reasoning: bool, domains: Sequence[Optional[str]]) -> tuple[int, int]:
+def max_lengths(formatter: T1Formatter, query_kind: str, domains: Sequence[Optional[str]]) -> tuple[int, int]:
     """Longest possible (query, document) encodings: measured by encoding over-long dummy texts, which truncate."""
     long = "x " * 200_000
     domains = list(dict.fromkeys(domains)) or [None]
-    if with_reasoning:
-        q = fmt_len(formatter, "query_with_reasoning", [(long, long)] * len(domains), domains)
-    else:
-        q = fmt_len(formatter, "query_direct", [long] * len(domains), domains)
+    row = (long, long) if query_kind == "query_with_reasoning" else long
+    q = fmt_len(formatter, query_kind, [row] * len(domains), domains)
     d = fmt_len(formatter, "document", [long] * len(domains), domains)
     return bucket_length(q, ()), bucket_length(d, ())
 
@@ -161,12 +164,16 @@ class _HostRows:
 
 
 def contrastive_batches(examples: Sequence[TrainExample], formatter: T1Formatter, data_cfg, local_batch_size: int,
-                        with_reasoning: bool, host_rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
-    """The checkpointable iterator of host-local contrastive batches (see the module docstring for the layout).
+                        with_reasoning: bool = False, query_kind: Optional[str] = None,
+                        host_rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
+    """The checkpointable iterator of host-local batches (see the module docstring for the layout).
 
-    ``host_rows`` are the rows of each global batch (``data.global_batch_size``) that this host collates; by default
-    the global batch is ``local_batch_size x process_count`` and the host takes its contiguous block.
+    ``query_kind`` (default: ``query_with_reasoning`` if ``with_reasoning`` else ``query_direct``) picks the query
+    format; GRPO uses ``query_prompt``. ``host_rows`` are the rows of each global batch (``data.global_batch_size``)
+    that this host collates; by default the global batch is ``local_batch_size x process_count`` and the host takes
+    its contiguous block.
     """
+    query_kind = query_kind or ("query_with_reasoning" if with_reasoning else "query_direct")
     if local_batch_size <= 0:
         raise ValueError(f"local batch size must be positive, got {local_batch_size}")
     process, processes = jax.process_index(), jax.process_count()
@@ -185,9 +192,9 @@ def contrastive_batches(examples: Sequence[TrainExample], formatter: T1Formatter
     ds = ds.random_map(_select(data_cfg.num_hard_negatives), seed=data_cfg.seed + 1)
     fixed = None
     if processes > 1:  # every host must build arrays of the same global shape: pad to the longest possible
-        longest = max_lengths(formatter, with_reasoning, [e.domain for e in examples])
+        longest = max_lengths(formatter, query_kind, [e.domain for e in examples])
         fixed = tuple(bucket_length(n, data_cfg.length_buckets) for n in longest)
-    collate = Collate(formatter, with_reasoning, data_cfg.num_hard_negatives, data_cfg.max_positives,
+    collate = Collate(formatter, query_kind, data_cfg.num_hard_negatives, data_cfg.max_positives,
                       data_cfg.length_buckets, fixed)
     ds = ds.batch(global_batch, drop_remainder=True,
                   batch_fn=collate if host_rows == list(range(global_batch)) else _HostRows(collate, host_rows))

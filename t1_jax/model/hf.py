@@ -1,14 +1,16 @@
 """Hugging Face Qwen3 checkpoints <-> our stacked NNX parameters.
 
-Import streams the safetensors files tensor by tensor: each parameter is assembled, one layer at a time and already in
-its final dtype, into host buffers holding exactly the shards this process's devices need, then placed on its final
-``NamedSharding``. The host never holds more than the model plus one stacked parameter (and never a float32 copy of a
-bf16 checkpoint). Every key is mapped, every shape checked; problems are reported all at once with key names and both
-shapes. Export writes safetensors (+ ``config.json``, + tokenizer files) that ``transformers`` loads.
+Import streams the safetensors files: each parameter is created as zeros directly on its final ``NamedSharding``,
+then every layer (or ~64 MB row chunk of the embedding) is read from disk and written into it in place by a jitted,
+donating update that also converts layout and dtype on device. The host holds the model plus one layer's tensor at a
+time (never a float32 copy of a bf16 checkpoint, never a whole stacked parameter in numpy). Every key is mapped,
+every shape checked; problems are reported all at once with key names and both shapes.
+Export writes safetensors (+ ``config.json``, + tokenizer files) that ``transformers`` loads.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -31,25 +33,26 @@ from t1_jax.model.sharding import logical_axes_of
 
 log = logging.getLogger(__name__)
 
-# our parameter -> (HF key, number of leading "input" dims in our layout; None = same layout).
-# An HF linear weight is [out, in]; ours is [*in_dims, *out_dims] (heads kept as their own axes).
+# our parameter -> (HF key, how many of our leading dims make up HF's first dim; None = same shape).
+# An HF linear weight is [out, in]; ours is the same matrix with heads split out (e.g. q_proj [n, h, d]), so the
+# conversion either way is a reshape, never a transpose.
 _LAYER_KEYS: dict[str, tuple[str, Optional[int]]] = {
     "attn_norm": ("model.layers.{i}.input_layernorm.weight", None),
-    "q_proj": ("model.layers.{i}.self_attn.q_proj.weight", 1),
-    "k_proj": ("model.layers.{i}.self_attn.k_proj.weight", 1),
-    "v_proj": ("model.layers.{i}.self_attn.v_proj.weight", 1),
+    "q_proj": ("model.layers.{i}.self_attn.q_proj.weight", 2),
+    "k_proj": ("model.layers.{i}.self_attn.k_proj.weight", 2),
+    "v_proj": ("model.layers.{i}.self_attn.v_proj.weight", 2),
     "q_norm": ("model.layers.{i}.self_attn.q_norm.weight", None),
     "k_norm": ("model.layers.{i}.self_attn.k_norm.weight", None),
-    "o_proj": ("model.layers.{i}.self_attn.o_proj.weight", 2),
+    "o_proj": ("model.layers.{i}.self_attn.o_proj.weight", 1),
     "mlp_norm": ("model.layers.{i}.post_attention_layernorm.weight", None),
-    "gate_proj": ("model.layers.{i}.mlp.gate_proj.weight", 1),
-    "up_proj": ("model.layers.{i}.mlp.up_proj.weight", 1),
-    "down_proj": ("model.layers.{i}.mlp.down_proj.weight", 1),
+    "gate_proj": ("model.layers.{i}.mlp.gate_proj.weight", None),
+    "up_proj": ("model.layers.{i}.mlp.up_proj.weight", None),
+    "down_proj": ("model.layers.{i}.mlp.down_proj.weight", None),
 }
 _TOP_KEYS: dict[str, tuple[str, Optional[int]]] = {
     "embed_tokens": ("model.embed_tokens.weight", None),
     "final_norm": ("model.norm.weight", None),
-    "lm_head": ("lm_head.weight", 1),
+    "lm_head": ("lm_head.weight", None),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "added_tokens.json", "chat_template.jinja", "generation_config.json")
@@ -57,41 +60,39 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One HF tensor: where it lives in our state and how its layout differs."""
+    """One HF tensor: where it lives in our state and how its shape differs."""
 
     hf_name: str
     path: tuple[str, ...]  # path in nnx.state(model)
     layer: Optional[int]  # index into the stacked layer axis, or None
-    n_in: Optional[int]
+    split: Optional[int]  # our leading dims that form HF's first dim (None: same shape)
     ours_shape: tuple[int, ...]  # this tensor's shape in our layout (one layer)
 
     @property
     def hf_shape(self) -> tuple[int, ...]:
-        if self.n_in is None:
+        if self.split is None:
             return self.ours_shape
-        return (math.prod(self.ours_shape[self.n_in:]), math.prod(self.ours_shape[:self.n_in]))
+        return (math.prod(self.ours_shape[:self.split]), math.prod(self.ours_shape[self.split:]))
 
     def to_ours(self, hf_array: np.ndarray) -> np.ndarray:
-        return hf_array if self.n_in is None else hf_array.T.reshape(self.ours_shape)
+        return hf_array.reshape(self.ours_shape)
 
     def to_hf(self, ours: np.ndarray) -> np.ndarray:
-        if self.n_in is None:
-            return ours
-        return ours.reshape(math.prod(self.ours_shape[:self.n_in]), -1).T
+        return ours.reshape(self.hf_shape)
 
 
 def key_map(model: Qwen3) -> list[Entry]:
     """Every HF tensor of ``model``'s architecture, in (parameter, layer) order."""
     cfg = model.cfg
     entries = []
-    for name, (hf_name, n_in) in _TOP_KEYS.items():
+    for name, (hf_name, split) in _TOP_KEYS.items():
         var = getattr(model, name)
         if var is not None:
-            entries.append(Entry(hf_name, (name,), None, n_in, tuple(var.shape)))
-    for name, (template, n_in) in _LAYER_KEYS.items():
+            entries.append(Entry(hf_name, (name,), None, split, tuple(var.shape)))
+    for name, (template, split) in _LAYER_KEYS.items():
         shape = tuple(getattr(model.layers, name).shape[1:])
         for i in range(cfg.num_layers):
-            entries.append(Entry(template.format(i=i), ("layers", name), i, n_in, shape))
+            entries.append(Entry(template.format(i=i), ("layers", name), i, split, shape))
     return entries
 
 
@@ -113,29 +114,58 @@ def check_keys(entries: list[Entry], infos: dict[str, st.TensorInfo], tied: bool
         raise ValueError(f"checkpoint {where} does not match config.json:\n  " + "\n  ".join(shown))
 
 
-def _slice_key(index: tuple, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
-    return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+_CHUNK_BYTES = 64 << 20  # rows of a non-stacked tensor (the embedding) read per transfer
 
 
-def _place(shape, np_dtype, sharding, entries: list[Entry], infos) -> jax.Array:
-    """Assemble one (possibly stacked) parameter into per-shard host buffers, layer by layer, and place it."""
-    index_map = sharding.addressable_devices_indices_map(shape)
-    buffers: dict[tuple, tuple[tuple, np.ndarray]] = {}
-    for index in index_map.values():
-        key = _slice_key(index, shape)
-        if key not in buffers:
-            buffers[key] = (index, np.empty([b - a for a, b in key], np_dtype))
-    stacked = entries[0].layer is not None
+def _storage(dtype):
+    """16-bit floats are assembled as uint16 bit patterns: XLA:CPU upcasts a bf16 dynamic-update-slice of the whole
+    array to float32 (2x slower per write); the bits are reinterpreted once at the end, without a copy."""
+    return jnp.uint16 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else dtype
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros(shape, dtype, sharding):
+    return jax.jit(lambda: jnp.zeros(shape, _storage(dtype)), out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _finish(dtype, sharding):
+    return jax.jit(lambda a: jax.lax.bitcast_convert_type(a, dtype), donate_argnums=0, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _updater(sharding, dtype, stacked: bool, ours_shape: tuple[int, ...]):
+    """jit(arr, hf_chunk, start) -> ``arr`` (donated) with the chunk, reshaped to our layout and converted to our
+    dtype on device, written in place: a whole layer at ``arr[start]`` (stacked) or rows from ``start`` (others)."""
+
+    def update(arr, chunk, start):
+        if stacked:
+            piece, starts = chunk.reshape(ours_shape)[None], (start,) + (0,) * len(ours_shape)
+        else:
+            piece, starts = chunk, (start,) + (0,) * (chunk.ndim - 1)
+        piece = piece.astype(dtype)
+        if arr.dtype != piece.dtype:
+            piece = jax.lax.bitcast_convert_type(piece, arr.dtype)
+        return jax.lax.dynamic_update_slice(arr, piece, starts)
+
+    return jax.jit(update, donate_argnums=0, out_shardings=sharding)
+
+
+def _place(shape, dtype, sharding, entries: list[Entry], infos) -> jax.Array:
+    """Build one (possibly stacked) parameter on its sharding: zeros on device, then each layer (or row chunk) read
+    from disk and written in place, so the host holds one layer/chunk at a time, never a whole-parameter copy.
+    Each write is waited for before the next read, which bounds the host chunks in flight to one."""
+    arr = _zeros(shape, dtype, sharding)()
     for entry in entries:
-        tensor = entry.to_ours(st.read_tensor(infos[entry.hf_name])).astype(np_dtype, copy=False)
-        for key, (index, buf) in buffers.items():
-            if not stacked:
-                buf[...] = tensor[index]
-            elif key[0][0] <= entry.layer < key[0][1]:
-                buf[entry.layer - key[0][0]] = tensor[index[1:]]
-        del tensor
-    arrays = [jax.device_put(buffers[_slice_key(index, shape)][1], device) for device, index in index_map.items()]
-    return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+        info = infos[entry.hf_name]
+        update = _updater(sharding, dtype, entry.layer is not None, entry.ours_shape)
+        if entry.layer is not None:
+            arr = update(arr, st.read_tensor(info), entry.layer).block_until_ready()
+            continue
+        step = max(1, _CHUNK_BYTES // max(1, info.nbytes // max(1, info.shape[0])))
+        for start in range(0, info.shape[0], step):
+            arr = update(arr, st.read_rows(info, start, min(start + step, info.shape[0])), start).block_until_ready()
+    return _finish(dtype, sharding)(arr) if arr.dtype != jnp.dtype(dtype) else arr
 
 
 def import_hf(src_dir: str, mesh: Optional[Mesh] = None, cfg_overrides: Optional[dict[str, Any]] = None,
@@ -151,14 +181,14 @@ def import_hf(src_dir: str, mesh: Optional[Mesh] = None, cfg_overrides: Optional
     by_path: dict[tuple, list[Entry]] = {}
     for entry in entries:
         by_path.setdefault(entry.path, []).append(entry)
-    np_dtype = np.dtype(to_dtype(cfg.param_dtype))
+    param_dtype = to_dtype(cfg.param_dtype)
     for path, var in nnx.to_flat_state(state):
         path = tuple(str(p) for p in path)
         if path not in by_path:
             raise ValueError(f"internal: parameter {'/'.join(path)} has no HF key mapping")
         sharding = (logical_sharding(mesh, logical_axes_of(var), rules) if mesh is not None
                     else SingleDeviceSharding(jax.devices()[0]))
-        var.set_value(_place(tuple(var.shape), np_dtype, sharding, by_path[path], infos))
+        var.set_value(_place(tuple(var.shape), param_dtype, sharding, by_path[path], infos))
     log.info("imported %s: %d tensors, %s parameters", src_dir, len(entries), f"{_count(state):,}")
     return nnx.merge(graphdef, state)
 
@@ -224,17 +254,15 @@ def set_token_row(model: Qwen3, token_id: int, n_real_tokens: int, multiple: int
         raise ValueError(f"set_token_row: token_id must be >= 0, got {token_id}")
     vocab = cfg.vocab_size if token_id < cfg.vocab_size else -(-(token_id + 1) // multiple) * multiple
 
-    def fix(table: jax.Array, axis: int) -> jax.Array:
-        moved = jnp.moveaxis(table, axis, 0)
-        mean = jnp.mean(moved[:n_real_tokens].astype(jnp.float32), axis=0).astype(table.dtype)
-        if vocab > moved.shape[0]:
-            extra = jnp.broadcast_to(mean, (vocab - moved.shape[0], *mean.shape))
-            moved = jnp.concatenate([moved, extra], axis=0)
-        moved = moved.at[token_id].set(mean)
-        return _resharded(jnp.moveaxis(moved, 0, axis), table)
+    def fix(table_vd: jax.Array) -> jax.Array:
+        mean_d = jnp.mean(table_vd[:n_real_tokens].astype(jnp.float32), axis=0).astype(table_vd.dtype)
+        grown = table_vd
+        if vocab > table_vd.shape[0]:
+            grown = jnp.concatenate([table_vd, jnp.broadcast_to(mean_d, (vocab - table_vd.shape[0], mean_d.size))])
+        return _resharded(grown.at[token_id].set(mean_d), table_vd)
 
-    model.embed_tokens = nnx.Param(fix(model.embed_tokens[...], 0), logical_axes=("vocab", "embed"))
+    model.embed_tokens = nnx.Param(fix(model.embed_tokens[...]), logical_axes=("vocab", "embed"))
     if model.lm_head is not None:
-        model.lm_head = nnx.Param(fix(model.lm_head[...], 1), logical_axes=("embed", "vocab"))
+        model.lm_head = nnx.Param(fix(model.lm_head[...]), logical_axes=("vocab", "embed"))
     model.cfg = dataclasses.replace(cfg, vocab_size=vocab, emb_token_id=token_id)
     return model

@@ -1,12 +1,13 @@
-"""Qwen3 decoder in Flax NNX: the same function as ``transformers``' ``Qwen3ForCausalLM``, with stacked (scanned) layers.
+"""Qwen3 decoder in Flax NNX: the function of ``transformers``' ``Qwen3ForCausalLM``, with stacked (scanned) layers.
 
 Layout choices (see docs/model.md):
 - Every layer parameter is stored once, stacked over layers (leading ``layers`` logical axis). The forward runs a
   ``jax.lax.scan`` over the stacked arrays (``scan_layers=True``, compile time independent of depth) or a Python loop
   over the same arrays (``scan_layers=False``). Plain arrays in plain ``nnx.Param`` s, so ``nnx.split``/``nnx.merge``
   inside ``jax.jit`` need no NNX transform.
-- Projections keep heads as their own dimension (``q_proj [d, n, h]``), so tensor parallelism shards heads and GQA
-  is an einsum over a group axis (``[b, t, k, g, h]``) instead of repeating K/V.
+- Weights keep the Hugging Face ``[out, in]`` order with heads split out as their own dimensions
+  (``q_proj [n, h, d]``, ``o_proj [d, n, h]``, ``gate_proj [f, d]``): import/export are reshapes (no transposes),
+  tensor parallelism shards heads, and GQA is an einsum over a group axis instead of repeating K/V.
 - Each ``nnx.Param`` carries ``logical_axes`` metadata resolved through ``t1_jax.mesh.LOGICAL_RULES``.
 """
 from __future__ import annotations
@@ -26,16 +27,16 @@ from t1_jax.model.cache import KVCache, constrain_cache
 # Per-layer parameters: name -> (logical axes without the leading "layers" axis). Shapes come from layer_shapes().
 LAYER_AXES: dict[str, tuple[str, ...]] = {
     "attn_norm": ("norm",),
-    "q_proj": ("embed", "heads", "head_dim"),
-    "k_proj": ("embed", "kv_heads", "head_dim"),
-    "v_proj": ("embed", "kv_heads", "head_dim"),
+    "q_proj": ("heads", "head_dim", "embed"),
+    "k_proj": ("kv_heads", "head_dim", "embed"),
+    "v_proj": ("kv_heads", "head_dim", "embed"),
     "q_norm": ("norm",),
     "k_norm": ("norm",),
-    "o_proj": ("heads", "head_dim", "embed"),
+    "o_proj": ("embed", "heads", "head_dim"),
     "mlp_norm": ("norm",),
-    "gate_proj": ("embed", "mlp"),
-    "up_proj": ("embed", "mlp"),
-    "down_proj": ("mlp", "embed"),
+    "gate_proj": ("mlp", "embed"),
+    "up_proj": ("mlp", "embed"),
+    "down_proj": ("embed", "mlp"),
 }
 NORM_PARAMS = ("attn_norm", "q_norm", "k_norm", "mlp_norm")
 
@@ -58,9 +59,9 @@ def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Per-layer parameter shapes (without the leading layer axis)."""
     d, f, n, k, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     return {
-        "attn_norm": (d,), "q_proj": (d, n, h), "k_proj": (d, k, h), "v_proj": (d, k, h), "q_norm": (h,),
-        "k_norm": (h,), "o_proj": (n, h, d), "mlp_norm": (d,), "gate_proj": (d, f), "up_proj": (d, f),
-        "down_proj": (f, d),
+        "attn_norm": (d,), "q_proj": (n, h, d), "k_proj": (k, h, d), "v_proj": (k, h, d), "q_norm": (h,),
+        "k_norm": (h,), "o_proj": (d, n, h), "mlp_norm": (d,), "gate_proj": (f, d), "up_proj": (f, d),
+        "down_proj": (d, f),
     }
 
 
@@ -107,16 +108,23 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
 
 
 def attention(q_btnh, k_bskh, v_bskh, allowed_bts, compute_dtype):
-    """Grouped-query attention: query heads grouped per KV head, K/V never repeated. Softmax in float32."""
+    """Grouped-query attention: query heads grouped per KV head, K/V never repeated. Softmax in float32.
+
+    The group axis is folded into the query-length axis (``m = g * t``) so both contractions are plain batched
+    matmuls over ``(b, k)``; on CPU this is ~1.7x faster than contracting a 5-D ``btkgh`` layout directly.
+    """
     b, t, n, h = q_btnh.shape
-    kv = k_bskh.shape[2]
-    q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32)
-    scores = scores * (h ** -0.5)
+    kv, s = k_bskh.shape[2], k_bskh.shape[1]
+    g = n // kv
+    q_bkmh = q_btnh.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, h)
+    k_bksh = k_bskh.transpose(0, 2, 1, 3)
+    v_bksh = v_bskh.astype(compute_dtype).transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkmh,bksh->bkms", q_bkmh, k_bksh, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv, g, t, s) * (h ** -0.5)
     scores = jnp.where(allowed_bts[:, None, None, :, :], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(compute_dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh.astype(compute_dtype))
-    return out.reshape(b, t, n, h)
+    probs = jax.nn.softmax(scores, axis=-1).astype(compute_dtype).reshape(b, kv, g * t, s)
+    out_bkmh = jnp.einsum("bkms,bksh->bkmh", probs, v_bksh)
+    return out_bkmh.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv_bskh=None):
@@ -127,9 +135,9 @@ def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv_bskh=Non
     cdt = to_dtype(cfg.compute_dtype)
     w = {name: value.astype(cdt) for name, value in p.items()}
     h_btd = rms_norm(x_btd, w["attn_norm"], cfg.rms_norm_eps)
-    q = constrain(jnp.einsum("btd,dnh->btnh", h_btd, w["q_proj"]), BTNH)
-    k = constrain(jnp.einsum("btd,dkh->btkh", h_btd, w["k_proj"]), BTKH)
-    v = constrain(jnp.einsum("btd,dkh->btkh", h_btd, w["v_proj"]), BTKH)
+    q = constrain(jnp.einsum("btd,nhd->btnh", h_btd, w["q_proj"]), BTNH)
+    k = constrain(jnp.einsum("btd,khd->btkh", h_btd, w["k_proj"]), BTKH)
+    v = constrain(jnp.einsum("btd,khd->btkh", h_btd, w["v_proj"]), BTKH)
     q = apply_rope(rms_norm(q, w["q_norm"], cfg.rms_norm_eps), cos, sin)
     k = apply_rope(rms_norm(k, w["k_norm"], cfg.rms_norm_eps), cos, sin)
     if kv_bskh is not None:
@@ -141,11 +149,11 @@ def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv_bskh=Non
     else:
         new_kv = None
     out = constrain(attention(q, k, v, allowed_bts, cdt), BTNH)
-    x_btd = constrain(x_btd + jnp.einsum("btnh,nhd->btd", out, w["o_proj"]), BTD)
+    x_btd = constrain(x_btd + jnp.einsum("btnh,dnh->btd", out, w["o_proj"]), BTD)
     h_btd = rms_norm(x_btd, w["mlp_norm"], cfg.rms_norm_eps)
-    gate = constrain(jnp.einsum("btd,df->btf", h_btd, w["gate_proj"]), BTF)
-    up = constrain(jnp.einsum("btd,df->btf", h_btd, w["up_proj"]), BTF)
-    x_btd = constrain(x_btd + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w["down_proj"]), BTD)
+    gate = constrain(jnp.einsum("btd,fd->btf", h_btd, w["gate_proj"]), BTF)
+    up = constrain(jnp.einsum("btd,fd->btf", h_btd, w["up_proj"]), BTF)
+    x_btd = constrain(x_btd + jnp.einsum("btf,df->btd", jax.nn.silu(gate) * up, w["down_proj"]), BTD)
     return x_btd, new_kv
 
 
@@ -165,7 +173,7 @@ class Qwen3(nnx.Module):
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nnx.Param(_init(rngs.params(), (d, v), pdt, False), logical_axes=("embed", "vocab"))
+            self.lm_head = nnx.Param(_init(rngs.params(), (v, d), pdt, False), logical_axes=("vocab", "embed"))
 
     def embed(self, tokens_bt: jax.Array) -> jax.Array:
         table = self.embed_tokens[...]
@@ -174,11 +182,8 @@ class Qwen3(nnx.Module):
     def logits(self, hidden_xd: jax.Array) -> jax.Array:
         """LM head on ``hidden [..., d]`` -> float32 ``[..., vocab]`` (tied: the embedding matrix)."""
         cdt = to_dtype(self.cfg.compute_dtype)
-        hidden_xd = hidden_xd.astype(cdt)
-        if self.lm_head is None:
-            return jnp.einsum("...d,vd->...v", hidden_xd, self.embed_tokens[...].astype(cdt),
-                              preferred_element_type=jnp.float32)
-        return jnp.einsum("...d,dv->...v", hidden_xd, self.lm_head[...].astype(cdt),
+        table_vd = (self.embed_tokens if self.lm_head is None else self.lm_head)[...]
+        return jnp.einsum("...d,vd->...v", hidden_xd.astype(cdt), table_vd.astype(cdt),
                           preferred_element_type=jnp.float32)
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_bt: jax.Array,

@@ -98,6 +98,17 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
     return data.reshape(info.shape)
 
 
+def read_rows(info: TensorInfo, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of a tensor (first axis), read alone."""
+    row = int(np.prod(info.shape[1:], dtype=np.int64))
+    count = (stop - start) * row
+    with open(info.path, "rb") as f:
+        data = np.fromfile(f, dtype=info.dtype, count=count, offset=info.offset + start * row * info.dtype.itemsize)
+    if data.size != count:
+        raise ValueError(f"{info.path}: tensor {info.name} is truncated (rows {start}:{stop} incomplete)")
+    return data.reshape((stop - start, *info.shape[1:]))
+
+
 def dtype_name(dtype) -> str:
     return _NAMES[np.dtype(dtype)]
 

@@ -250,6 +250,7 @@ def generate_task(cfg: TaskConfig = TaskConfig()) -> Task:
         rest = pool[n_test:]  # train on unseen-by-test pairs; cycle (with new phrasings) when asked for more
         train_problems += [rest[i % len(rest)] for i in range(n_train)]
     rng.shuffle(train_problems)
+    rng.shuffle(test_problems)  # kinds interleaved, so any prefix of the held-out split is a fair sample
 
     values = {p.answer for p in test_problems + train_problems}
     misses = {p: rng.sample(near_misses(p), min(cfg.num_hard_negatives, len(near_misses(p))))

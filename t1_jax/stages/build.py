@@ -77,7 +77,7 @@ def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
     examples = load_examples(cfg.data, require_reasoning=with_reasoning)
     host_rows = mesh_lib.process_batch_rows(mesh, cfg.data.global_batch_size)  # this host's rows of each batch
-    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), with_reasoning, host_rows)
+    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), with_reasoning, host_rows=host_rows)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
     return TrainStage(
         name=f"stage {'2 (reasoning)' if with_reasoning else '1 (contrastive)'}",
@@ -87,9 +87,40 @@ def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
         flops_per_token=6.0 * param_count(cfg.model))
 
 
+def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
+    from t1_jax.data.examples import load_examples
+    from t1_jax.data.pipeline import contrastive_batches
+    from t1_jax.sampler import sample
+    from t1_jax.stages.contrastive import model_functions
+    from t1_jax.stages.grpo import init_extra_fn, make_grpo_step
+
+    g = cfg.grpo
+    pretrained = pretrained_loader(cfg, mesh, formatter)
+    if g.beta > 0 and pretrained is None:
+        raise ConfigError("grpo.beta > 0 needs a reference policy: set trainer.init_from to the stage-2 model (or "
+                          "grpo.beta=0)")
+    examples = load_examples(cfg.data)
+    host_rows = mesh_lib.process_batch_rows(mesh, cfg.data.global_batch_size)  # this host's rows of each batch
+    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), query_kind="query_prompt",
+                                  host_rows=host_rows)
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    sampling = dataclasses.replace(cfg.sampling, temperature=g.rollout_temperature, top_k=0, top_p=1.0)
+
+    def sample_fn(params, prompt_ids, prompt_valid, rng):
+        return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
+                      eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
+
+    frozen = (lambda: {"ref": pretrained()}) if g.beta > 0 else None
+    return TrainStage(
+        name="stage 3 (grpo)", init_params=init_params, batches=batches, step_fn=make_grpo_step(cfg, graphdef, sample_fn),
+        param_shardings=shardings, pretrained=pretrained, frozen=frozen, updates_per_step=g.inner_steps,
+        init_extra=init_extra_fn(cfg))  # no MFU: decoding dominates and is memory-bound
+
+
 STAGE_BUILDERS: dict[str, Callable[..., TrainStage]] = {
     "contrastive": contrastive_stage,
     "reasoning": contrastive_stage,
+    "grpo": grpo_stage,
 }
 
 

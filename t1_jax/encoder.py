@@ -1,0 +1,233 @@
+"""T1 at inference time: documents embedded in one forward pass, queries through the reasoning sampler.
+
+``Encoder.from_checkpoint(dir)`` loads a saved model (``t1 train`` leaves it in ``WORKDIR/model``, with the tokenizer
+in ``model/tokenizer`` and the run's ``config.json`` beside it, whose ``text``/``sampling``/``retrieval`` sections set
+the formats, the decoding settings and normalisation). Batches are built with length bucketing: texts are sorted by
+token count, each batch is padded to the smallest bucket length that holds its longest text, and results are put back
+in input order; so compute is not wasted on padding and each (batch, bucket) shape compiles once. With a mesh,
+parameters are sharded by their logical axes and every batch is split over data x fsdp (rows padded to a multiple).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+import time
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from t1_jax.config import ExperimentConfig, SamplingConfig, TextConfig
+from t1_jax.mesh import BATCH_AXES, batch_shard_count, use_mesh
+from t1_jax.observe import progress
+from t1_jax.sampler import sample
+from t1_jax.text import Encoded, T1Formatter, batch_encode, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+DOC_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512)  # padded lengths for one-pass encoding (docs, direct queries)
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= n; beyond the largest, the next multiple of the largest."""
+    for b in buckets:
+        if n <= b:
+            return int(b)
+    last = int(buckets[-1])
+    return -(-n // last) * last
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, bucketing: bool = True) -> list[np.ndarray]:
+    """Row indices of each batch: sorted by length (longest first, so memory problems show at once) when bucketing,
+    input order otherwise."""
+    order = np.argsort(-np.asarray(lengths), kind="stable") if bucketing else np.arange(len(lengths))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "normalize", "mesh"))
+def _embed_batch(graphdef, params, ids_bt, valid_bt, *, normalize: bool, mesh: Optional[Mesh]):
+    from t1_jax.stages.contrastive import embed_last
+
+    with use_mesh(mesh):
+        return embed_last(nnx.merge(graphdef, params), ids_bt, valid_bt, normalize)[0]
+
+
+def fingerprint_of(directory: str) -> str:
+    """A short content hash of a saved model: its config and the checkpoint's small metadata files."""
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(directory)):
+        if os.path.basename(root) == "tokenizer":
+            continue
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if os.path.getsize(path) <= 1 << 20:
+                h.update(os.path.relpath(path, directory).encode() + b"\0")
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Encoder:
+    """Embeds documents and queries with a T1 model (see module doc)."""
+
+    def __init__(self, model, formatter: T1Formatter, *, mesh: Optional[Mesh] = None,
+                 sampling: SamplingConfig = SamplingConfig(), normalize: bool = True, batch_size: int = 32,
+                 doc_buckets: Sequence[int] = DOC_BUCKETS, fingerprint: str = "", show_progress: bool = True):
+        cfg = model.cfg
+        emb_id = formatter.emb_token_id
+        if cfg.emb_token_id is not None and cfg.emb_token_id != emb_id:
+            raise ValueError(f"the model was trained with <embtoken> id {cfg.emb_token_id} but the tokenizer gives "
+                             f"{emb_id}; load the tokenizer saved with the model")
+        if emb_id >= cfg.vocab_size:
+            raise ValueError(f"<embtoken> id {emb_id} is outside the model's {cfg.vocab_size}-row vocabulary")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.formatter, self.mesh, self.sampling, self.normalize = formatter, mesh, sampling, normalize
+        self.doc_buckets, self.fingerprint, self.show_progress = tuple(doc_buckets), fingerprint, show_progress
+        shards = batch_shard_count(mesh) if mesh is not None else 1
+        self.batch_size = -(-batch_size // shards) * shards  # every batch splits evenly over data x fsdp
+        self.graphdef, self.params = nnx.split(model)
+        self.dim = cfg.hidden_size
+
+    # ------------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, directory: str, mesh: Optional[Mesh] = None, *, tokenizer: Optional[str] = None,
+                        config: Optional[ExperimentConfig] = None, cfg_overrides: Optional[dict] = None,
+                        **kwargs) -> "Encoder":
+        """Load ``directory`` (a saved model, or a ``t1 train`` workdir holding ``model/``).
+
+        ``config``: the experiment whose text/sampling/retrieval sections apply (default: the run's ``config.json``
+        beside the model when present, else defaults). ``tokenizer``: a tokenizer folder (default:
+        ``<model>/tokenizer``, else ``config.text.tokenizer``). ``cfg_overrides``: ModelConfig fields such as
+        ``compute_dtype``. Other keyword arguments go to :class:`Encoder` (batch_size, sampling, normalize, ...).
+        """
+        from t1_jax import config as config_lib
+        from t1_jax.model.params_io import load_model
+        from t1_jax.stages.build import model_dir
+
+        model_path = model_dir(directory)
+        if config is None:
+            run_cfg = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+            config = config_lib.load_config(run_cfg) if os.path.isfile(run_cfg) else ExperimentConfig()
+        tok_path = tokenizer or (os.path.join(model_path, "tokenizer")
+                                 if os.path.isdir(os.path.join(model_path, "tokenizer")) else config.text.tokenizer)
+        text_cfg: TextConfig = dataclasses.replace(config.text, tokenizer=tok_path)
+        formatter = T1Formatter(load_tokenizer(tok_path, text_cfg.emb_token), text_cfg)
+        model = load_model(model_path, mesh=mesh, cfg_overrides=cfg_overrides)
+        kwargs.setdefault("sampling", config.sampling)
+        kwargs.setdefault("normalize", config.retrieval.normalize)
+        kwargs.setdefault("batch_size", config.retrieval.encode_batch_size)
+        return cls(model, formatter, mesh=mesh, fingerprint=fingerprint_of(model_path), **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ batching
+    def _bar(self, total: int, desc: str, unit: str):
+        return progress(None, total=total, desc=desc, unit=unit) if self.show_progress else _NoBar()
+
+    def _with_batch_size(self, batch_size: Optional[int]) -> "Encoder":
+        if batch_size is None:
+            return self
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        other = copy.copy(self)
+        shards = batch_shard_count(self.mesh) if self.mesh is not None else 1
+        other.batch_size = -(-batch_size // shards) * shards
+        return other
+
+    def _device_batch(self, rows: Sequence[Encoded], length: int, left: bool = False):
+        """``[batch_size, length]`` ids/valid (numpy rows padded with one-token dummies), placed on the mesh."""
+        ids = np.full((self.batch_size, length), self.formatter.pad_token_id, np.int32)
+        valid = np.zeros((self.batch_size, length), bool)
+        valid[len(rows):, 0] = True  # dummy rows: one real token, so no row attends to nothing
+        for b, e in enumerate(rows):
+            sl = slice(length - len(e.ids), length) if left else slice(0, len(e.ids))
+            ids[b, sl], valid[b, sl] = e.ids, True
+        if self.mesh is None:
+            return jnp.asarray(ids), jnp.asarray(valid)
+        sharding = NamedSharding(self.mesh, PartitionSpec(BATCH_AXES, None))
+        return jax.device_put(ids, sharding), jax.device_put(valid, sharding)
+
+    def embed_encoded(self, encoded: Sequence[Encoded], bucketing: bool = True, desc: str = "embed") -> np.ndarray:
+        """One forward pass per batch over complete sequences (each ending with ``<embtoken>``) -> ``[N, D]``."""
+        out = np.zeros((len(encoded), self.dim), np.float32)
+        lengths = [len(e) for e in encoded]
+        fixed = None if bucketing else bucket_length(max(lengths, default=1), self.doc_buckets)
+        bar = self._bar(len(encoded), desc, "text")
+        for rows in length_batches(lengths, self.batch_size, bucketing):
+            length = fixed or bucket_length(max(lengths[i] for i in rows), self.doc_buckets)
+            ids, valid = self._device_batch([encoded[i] for i in rows], length)
+            emb = _embed_batch(self.graphdef, self.params, ids, valid, normalize=self.normalize, mesh=self.mesh)
+            out[rows] = np.asarray(jax.device_get(emb))[:len(rows)]
+            bar.update(len(rows))
+        bar.close()
+        return out
+
+    # ------------------------------------------------------------------------------------------------ public API
+    def encode_documents(self, texts: Sequence[str], domains: Optional[Sequence[Optional[str]]] = None,
+                         batch_size: Optional[int] = None, bucketing: bool = True) -> np.ndarray:
+        """``[N, D]`` float32 embeddings of ``instruction + text + <embtoken>``, in input order."""
+        encoder = self._with_batch_size(batch_size)
+        encoded, _ = batch_encode(self.formatter, "document", list(texts), domains, name="documents")
+        return encoder.embed_encoded(encoded, bucketing, desc="documents")
+
+    def encode_queries(self, queries: Sequence[str], domains: Optional[Sequence[Optional[str]]] = None,
+                       reasoning: bool = True, sampling: Optional[SamplingConfig] = None, seed: int = 0,
+                       batch_size: Optional[int] = None) -> tuple[np.ndarray, list[str], dict]:
+        """``(embeddings [N, D], reasoning texts, stats)``. With ``reasoning`` the model writes a reasoning trace
+        (sampler, ``sampling`` settings) before ``<embtoken>``; without, ``prompt + <embtoken>`` in one pass."""
+        encoder = self._with_batch_size(batch_size)
+        queries = list(queries)
+        t0 = time.time()
+        if not reasoning:
+            encoded, trunc = batch_encode(self.formatter, "query_direct", queries, domains, name="queries")
+            emb = encoder.embed_encoded(encoded, desc="queries")
+            return emb, [""] * len(queries), {"queries": len(queries), "truncated": trunc.truncated,
+                                              "seconds": time.time() - t0}
+        return encoder._generate(queries, domains, sampling or self.sampling, seed, t0)
+
+    def _generate(self, queries, domains, sampling: SamplingConfig, seed: int, t0: float):
+        encoded, trunc = batch_encode(self.formatter, "query_prompt", queries, domains, name="queries")
+        out = np.zeros((len(queries), self.dim), np.float32)
+        texts = [""] * len(queries)
+        lengths_n = np.zeros(len(queries), np.int64)
+        forced_n = np.zeros(len(queries), bool)
+        eos_n = np.zeros(len(queries), bool)
+        rng = jax.random.key(seed)
+        bar = self._bar(len(queries), "queries", "query")
+        for step, rows in enumerate(length_batches([len(e) for e in encoded], self.batch_size)):
+            length = bucket_length(max(len(encoded[i]) for i in rows), sampling.prompt_buckets)
+            ids, valid = self._device_batch([encoded[i] for i in rows], length, left=True)
+            rollout = jax.device_get(sample(self.graphdef, self.params, ids, valid, jax.random.fold_in(rng, step),
+                                            sampling, emb_token_id=self.formatter.emb_token_id,
+                                            eos_token_ids=self.formatter.eos_token_ids, normalize=self.normalize,
+                                            mesh=self.mesh))
+            n = len(rows)
+            out[rows] = rollout.embedding_bd[:n]
+            lengths_n[rows], forced_n[rows], eos_n[rows] = (rollout.lengths_b[:n], rollout.forced_b[:n],
+                                                            rollout.stopped_eos_b[:n])
+            for j, i in enumerate(rows):  # the reasoning: generated tokens before <embtoken>, specials dropped
+                ids_j = rollout.tokens_bt[j, :rollout.lengths_b[j] - 1].tolist()
+                texts[i] = self.formatter.tokenizer.decode(ids_j, skip_special_tokens=True)
+            bar.update(n)
+        bar.close()
+        seconds = time.time() - t0
+        stats = {"queries": len(queries), "truncated": trunc.truncated, "seconds": seconds,
+                 "mean_generated_tokens": float(lengths_n.mean()) if len(queries) else 0.0,
+                 "forced_fraction": float(forced_n.mean()) if len(queries) else 0.0,
+                 "eos_fraction": float(eos_n.mean()) if len(queries) else 0.0,
+                 "generated_tokens_per_s": float(lengths_n.sum() / max(seconds, 1e-9))}
+        return out, texts, stats

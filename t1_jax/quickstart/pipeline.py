@@ -1,0 +1,196 @@
+"""The whole T1 pipeline on the synthetic task, through the real code paths, as ``t1 quickstart`` runs it.
+
+task + tokenizer → stage 1 (contrastive) → stage 2 (teacher reasoning) → stage 3 (GRPO) → for each stage: encode the
+corpus into an embedding store → ScaNN index → search held-out queries (stages 2/3 write their reasoning first) →
+TREC run + reasoning jsonl → nDCG@10 / Recall@10 against the qrels; plus a BM25 row on the same queries.
+
+Every step calls the same library function as the corresponding ``t1`` subcommand; nothing here is a quickstart-only
+version. Re-running in the same workdir resumes: finished stages and encodings are reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+from t1_jax import config as config_lib
+from t1_jax.config import (ContrastiveConfig, DataConfig, ExperimentConfig, GRPOConfig, MeshConfig, ModelConfig,
+                           OptimizerConfig, RetrievalConfig, SamplingConfig, TrainerConfig)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes and step counts of one quickstart variant."""
+
+    task: str
+    model: ModelConfig
+    batch: int
+    steps: tuple[int, int, int]  # stage 1, 2, 3
+    lrs: tuple[float, float, float]
+    group_size: int
+    max_new_tokens: int
+    tokenizer_vocab: int
+
+
+PLANS: dict[str, Plan] = {
+    "full": Plan(task="full", model=ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
+                                                num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=512),
+                 batch=64, steps=(400, 900, 60), lrs=(2e-3, 1.5e-3, 2e-5), group_size=8, max_new_tokens=64,
+                 tokenizer_vocab=1024),
+    "fast": Plan(task="fast", model=ModelConfig(vocab_size=896, hidden_size=64, intermediate_size=128, num_layers=2,
+                                                num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512),
+                 batch=16, steps=(12, 12, 2), lrs=(2e-3, 2e-3, 1e-5), group_size=4, max_new_tokens=48,
+                 tokenizer_vocab=1024),
+}
+
+STAGES = (("stage1", "contrastive"), ("stage2", "reasoning"), ("stage3", "grpo"))
+
+
+def stage_config(plan: Plan, tokenizer_dir: str, train_jsonl: str, stage: int, init_from: str,
+                 seed: int) -> ExperimentConfig:
+    from t1_jax.quickstart.tokenizer import text_config
+
+    name, kind = STAGES[stage]
+    return ExperimentConfig(
+        name=f"quickstart-{name}",
+        model=plan.model,
+        mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
+        text=text_config(tokenizer_dir),
+        data=DataConfig(train_path=train_jsonl, global_batch_size=plan.batch, num_hard_negatives=1, seed=seed + stage),
+        optimizer=OptimizerConfig(lr=plan.lrs[stage], warmup_steps=min(50, plan.steps[stage] // 10),
+                                  weight_decay=0.0 if stage == 2 else 0.01),
+        loss=ContrastiveConfig(temperature=0.05, sft_weight=1.0, ce_chunk_size=64),
+        sampling=SamplingConfig(max_new_tokens=plan.max_new_tokens, temperature=0.0, prompt_buckets=(64,)),
+        grpo=GRPOConfig(group_size=plan.group_size, rollout_temperature=1.0, beta=0.02,
+                        rewards=(("ndcg", 1.0), ("forced_penalty", 0.2)), aux_infonce_weight=0.5,
+                        logprob_chunk_size=64),
+        trainer=TrainerConfig(stage=kind, num_steps=plan.steps[stage], seed=seed + stage, init_from=init_from,
+                              log_every=max(1, plan.steps[stage] // 10), checkpoint_every=max(1, plan.steps[stage] // 2),
+                              keep_checkpoints=1),
+        retrieval=RetrievalConfig(embedding_dtype="float32", encode_batch_size=64),
+    )
+
+
+@dataclasses.dataclass
+class Row:
+    system: str
+    ndcg10: float
+    recall10: float
+    reasoning_tokens: float
+    seconds: float
+
+
+def _evaluate_model(model_dir: str, out_dir: str, task_dir: str, reasoning: bool, batch: int) -> Row:
+    """Encode the corpus (store) → ScaNN index → search the held-out queries → TREC run → metrics."""
+    from t1_jax.data.readers import beir_document_text, load_beir
+    from t1_jax.encoder import Encoder
+    from t1_jax.retrieval import store as store_lib
+    from t1_jax.retrieval.index import build_index
+    from t1_jax.retrieval.metrics import evaluate_run
+    from t1_jax.retrieval.trec import run_from_arrays, write_run
+
+    t0 = time.time()
+    data = load_beir(os.path.join(task_dir, "beir"), "test")
+    encoder = Encoder.from_checkpoint(model_dir, batch_size=batch)
+    doc_ids = list(data.corpus)
+    store = store_lib.encode_corpus(((d, beir_document_text(data.corpus[d])) for d in doc_ids),
+                                    encoder.encode_documents, os.path.join(out_dir, "embeddings"), batch_size=batch,
+                                    dtype="float32", fingerprint=encoder.fingerprint)
+    index = build_index(store.read(), store.ids, os.path.join(out_dir, "index"), fingerprint=encoder.fingerprint)
+    qids = list(data.queries)
+    q_emb, texts, stats = encoder.encode_queries([data.queries[q] for q in qids], reasoning=reasoning)
+    scores, ids = index.search(q_emb, 100)
+    run = run_from_arrays(qids, scores, ids)
+    write_run(os.path.join(out_dir, "run.trec"), run, tag=os.path.basename(out_dir))
+    with open(os.path.join(out_dir, "reasoning.jsonl"), "w") as f:
+        for qid, text in zip(qids, texts):
+            f.write(json.dumps({"query_id": qid, "query": data.queries[qid], "reasoning": text}) + "\n")
+    metrics = evaluate_run(run, data.qrels, ks=(10,))
+    return Row(os.path.basename(out_dir), metrics["nDCG@10"], metrics["Recall@10"],
+               stats.get("mean_generated_tokens", 0.0), time.time() - t0)
+
+
+def _bm25_row(task_dir: str) -> Row:
+    from t1_jax.data.readers import beir_document_text, load_beir
+    from t1_jax.retrieval.bm25 import bm25_run
+    from t1_jax.retrieval.metrics import evaluate_run
+
+    t0 = time.time()
+    data = load_beir(os.path.join(task_dir, "beir"), "test")
+    doc_ids = list(data.corpus)
+    qids = list(data.queries)
+    run = bm25_run(doc_ids, [beir_document_text(data.corpus[d]) for d in doc_ids], qids,
+                   [data.queries[q] for q in qids], k=100)
+    metrics = evaluate_run(run, data.qrels, ks=(10,))
+    return Row("bm25", metrics["nDCG@10"], metrics["Recall@10"], 0.0, time.time() - t0)
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [f"{'system':<28} {'nDCG@10':>8} {'R@10':>7} {'reasoning tokens':>17} {'seconds':>8}"]
+    for r in rows:
+        lines.append(f"{r.system:<28} {r.ndcg10:>8.4f} {r.recall10:>7.4f} {r.reasoning_tokens:>17.1f} "
+                     f"{r.seconds:>8.1f}")
+    return "\n".join(lines)
+
+
+def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print) -> list[Row]:
+    from t1_jax.quickstart.task import PRESETS, generate_task, write_task
+    from t1_jax.quickstart.tokenizer import text_config, tokenizer_texts, train_tokenizer
+    from t1_jax.stages import build
+
+    plan = PLANS[variant]
+    t_start = time.time()
+    workdir = os.path.abspath(workdir)
+    task_dir = os.path.join(workdir, "task")
+    task = generate_task(dataclasses.replace(PRESETS[plan.task], seed=seed))
+    files = write_task(task, task_dir)
+    tok_dir = os.path.join(workdir, "tokenizer")
+    if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+        train_tokenizer(tokenizer_texts(task.texts(), text_config(tok_dir)), plan.tokenizer_vocab, tok_dir)
+    print_fn(f"task: {len(task.train)} training queries, {len(task.test)} held-out queries, {len(task.corpus)} "
+             f"documents -> {task_dir}")
+
+    rows = []
+    init_from = ""
+    for stage, (name, kind) in enumerate(STAGES):
+        stage_dir = os.path.join(workdir, name)
+        cfg = stage_config(plan, tok_dir, files.train_jsonl, stage, init_from, seed)
+        t0 = time.time()
+        if not os.path.isdir(os.path.join(stage_dir, build.MODEL_SUBDIR)):
+            print_fn(f"{name} ({kind}): {plan.steps[stage]} steps")
+            build.train(cfg, stage_dir)
+        print_fn(f"{name} trained in {time.time() - t0:.0f}s; evaluating")
+        row = _evaluate_model(stage_dir, os.path.join(workdir, "eval", name), task_dir, reasoning=stage > 0,
+                              batch=plan.batch)
+        row.system = f"{name} ({'reasoning' if stage else 'no reasoning'})"
+        rows.append(row)
+        init_from = stage_dir
+    rows.append(_bm25_row(task_dir))
+    table = format_table(rows)
+    total = time.time() - t_start
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"variant": variant, "seed": seed, "seconds": round(total, 1),
+                   "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=2)
+    print_fn("\n" + table)
+    print_fn(f"\ntotal wall time {total:.0f}s. Artifacts under {workdir}:")
+    print_fn(f"  models       {workdir}/stage{{1,2,3}}/model   (checkpoints, tensorboard, config.json beside)")
+    print_fn(f"  index        {workdir}/eval/stage3/index   runs + reasoning: {workdir}/eval/<stage>/run.trec, "
+             f"reasoning.jsonl")
+    print_fn("Search it yourself:")
+    print_fn(f"  t1 search --checkpoint {workdir}/stage3 --index {workdir}/eval/stage3/index "
+             f"--query \"what is 47 times 8?\"")
+    return rows
+
+
+def load_results(workdir: str) -> Optional[dict]:
+    path = os.path.join(workdir, "results.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def config_of(workdir: str, stage: str) -> ExperimentConfig:
+    return config_lib.load_config(os.path.join(workdir, stage, "config.json"))

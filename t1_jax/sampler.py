@@ -1,0 +1,217 @@
+"""Jitted KV-cache sampler: prefill a padded prompt batch, decode with ``lax.while_loop``, embed at ``<embtoken>``.
+
+One call of :func:`sample` encodes a batch of queries the T1 way: the model writes reasoning tokens after the prompt
+until it emits ``<embtoken>`` (or an end-of-sequence token, after which ``<embtoken>`` is appended, or the
+``max_new_tokens`` budget runs out, after which ``<embtoken>`` is forced). ``<embtoken>`` is then fed to the model in
+the same loop and the final-normed hidden state it produces at its own position is the embedding.
+
+Two compiled programs per (batch, prompt length): ``_prefill`` (creates the cache, runs the prompt) and ``_decode``
+(the loop), which takes the cache as a donated argument so XLA updates it in place. Sampling settings, the budget and
+the special ids are static, so repeated calls with the same shapes never recompile.
+
+Log-probabilities (``Rollout.logprobs_bt``) are those of the distribution each token was drawn from: softmax of
+``logits / temperature`` after top-k/top-p truncation (renormalised). Greedy decoding (temperature 0) reports the
+model's own distribution (temperature 1). A forced ``<embtoken>`` (budget, or after EOS) was not drawn; it reports its
+log-probability under the untruncated ``softmax(logits / temperature)``, which is always finite and equals what
+``t1_jax.logprobs.token_logprobs`` recomputes. Padding after a sequence's ``<embtoken>`` is token 0, log-prob 0.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from t1_jax.config import ConfigError, SamplingConfig
+from t1_jax.mesh import active_mesh, constrain, use_mesh
+from t1_jax.model.cache import init_cache
+
+PAD_ID = 0  # token written after a sequence has finished
+
+
+@flax.struct.dataclass
+class Rollout:
+    tokens_bt: jax.Array  # int32 [B, N + 1]: generated tokens including the final <embtoken>; PAD_ID after it
+    logprobs_bt: jax.Array  # float32 [B, N + 1]: log-prob of each generated token (see module doc); 0 on padding
+    lengths_b: jax.Array  # int32 [B]: generated tokens including <embtoken>
+    embedding_bd: jax.Array  # float32 [B, D]: final-normed hidden state at <embtoken> (L2-normalised if asked)
+    forced_b: jax.Array  # bool [B]: <embtoken> was forced because the budget ran out
+    stopped_eos_b: jax.Array  # bool [B]: an end-of-sequence token came first; <embtoken> was appended after it
+
+
+def positions_from_valid(valid_bt: jax.Array) -> jax.Array:
+    """RoPE positions 0, 1, ... over the real tokens of left- or right-padded rows (padding: a clipped neighbour)."""
+    return jnp.maximum(jnp.cumsum(valid_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Truncation filters on temperature-scaled logits: name -> (is it enabled for these settings, filter).
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def top_k_filter(scaled_bv: jax.Array, k: int) -> jax.Array:
+    """Keep the ``k`` largest logits per row (ties with the k-th are kept), the rest -> -inf."""
+    kth_b1 = jax.lax.top_k(scaled_bv, min(k, scaled_bv.shape[-1]))[0][:, -1:]
+    return jnp.where(scaled_bv < kth_b1, -jnp.inf, scaled_bv)
+
+
+def top_p_filter(scaled_bv: jax.Array, p: float) -> jax.Array:
+    """Nucleus: keep the smallest set of most likely tokens whose probability reaches ``p`` (always the top one)."""
+    sorted_bv = -jnp.sort(-scaled_bv, axis=-1)
+    probs_bv = jax.nn.softmax(sorted_bv, axis=-1)
+    mass_before_bv = jnp.cumsum(probs_bv, axis=-1) - probs_bv
+    keep_bv = mass_before_bv < p
+    keep_bv = keep_bv.at[:, 0].set(True)
+    threshold_b1 = jnp.min(jnp.where(keep_bv, sorted_bv, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(scaled_bv < threshold_b1, -jnp.inf, scaled_bv)
+
+
+FILTERS = {  # applied in this order (the order transformers uses): top-k, then top-p on what is left
+    "top_k": (lambda s: s.top_k > 0, lambda x, s: top_k_filter(x, s.top_k)),
+    "top_p": (lambda s: s.top_p < 1.0, lambda x, s: top_p_filter(x, s.top_p)),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _static_settings(temperature: float, top_k: int, top_p: float) -> SamplingConfig:
+    return SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def sampling_logprobs(logits_bv: jax.Array, s: SamplingConfig) -> jax.Array:
+    """Log-probabilities ``[B, V]`` of the distribution tokens are drawn from (temperature, then truncation)."""
+    scaled = logits_bv.astype(jnp.float32) / (s.temperature if s.temperature > 0 else 1.0)
+    if s.temperature > 0:
+        for enabled, apply in FILTERS.values():
+            if enabled(s):
+                scaled = apply(scaled, s)
+    return jax.nn.log_softmax(scaled, axis=-1)
+
+
+def choose_tokens(logits_bv: jax.Array, key: jax.Array, s: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """(token_b, logprob_b): greedy argmax at temperature 0, else a draw from :func:`sampling_logprobs`."""
+    logp_bv = sampling_logprobs(logits_bv, s)
+    if s.temperature > 0:
+        token_b = jax.random.categorical(key, logp_bv, axis=-1).astype(jnp.int32)
+    else:
+        token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    return token_b, jnp.take_along_axis(logp_bv, token_b[:, None], axis=-1)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The two compiled programs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "mesh"))
+def _prefill(graphdef, params, ids_bt, valid_bt, *, cache_len: int, mesh: Optional[Mesh]):
+    with use_mesh(mesh):
+        model = nnx.merge(graphdef, params)
+        b, t = ids_bt.shape
+        valid_bt = constrain(valid_bt.astype(bool), ("batch", "length"))
+        ids_bt = constrain(ids_bt.astype(jnp.int32), ("batch", "length"))
+        cache = init_cache(model.cfg, b, cache_len)
+        hidden_btd, cache = model(ids_bt, positions_from_valid(valid_bt), valid_bt, cache)
+        last_b = t - 1 - jnp.argmax(valid_bt[:, ::-1], axis=-1)  # the last real token, left or right padded
+        h_bd = jnp.take_along_axis(hidden_btd, last_b[:, None, None], axis=1)[:, 0]
+        logits_bv = constrain(model.logits(h_bd), ("batch", "vocab"))
+        prompt_len_b = jnp.sum(valid_bt.astype(jnp.int32), axis=-1)
+    return cache, logits_bv, prompt_len_b
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "n_new", "normalize", "mesh"),
+                   donate_argnames=("cache",))
+def _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, emb_id, eos_v, *, settings: SamplingConfig,
+            n_new: int, normalize: bool, mesh: Optional[Mesh]):
+    with use_mesh(mesh):
+        model = nnx.merge(graphdef, params)
+        b = logits_bv.shape[0]
+        width = n_new + 1
+        forced_temp = settings.temperature if settings.temperature > 0 else 1.0
+        bt = ("batch", "length")
+        carry = dict(
+            i=jnp.zeros((), jnp.int32), cache=cache, logits=logits_bv,
+            tokens=constrain(jnp.full((b, width), PAD_ID, jnp.int32), bt),
+            logp=constrain(jnp.zeros((b, width), jnp.float32), bt),
+            lengths=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool), after_eos=jnp.zeros((b,), bool),
+            forced=jnp.zeros((b,), bool), eos=jnp.zeros((b,), bool),
+            emb=constrain(jnp.zeros((b, model.cfg.hidden_size), jnp.float32), ("batch", "embed")))
+
+        def cond(c):
+            return (c["i"] < width) & ~jnp.all(c["done"])
+
+        def body(c):
+            i, logits = c["i"], c["logits"]
+            sampled_b, sampled_logp_b = choose_tokens(logits, jax.random.fold_in(rng, i), settings)
+            at_budget = i == n_new
+            force_b = c["after_eos"] | at_budget
+            forced_logp_b = jax.nn.log_softmax(logits.astype(jnp.float32) / forced_temp, axis=-1)
+            forced_logp_b = jax.lax.dynamic_index_in_dim(forced_logp_b, emb_id, axis=1, keepdims=False)
+            active_b = ~c["done"]
+            token_b = jnp.where(active_b, jnp.where(force_b, emb_id, sampled_b), PAD_ID)
+            logp_b = jnp.where(active_b, jnp.where(force_b, forced_logp_b, sampled_logp_b), 0.0)
+            is_emb_b = active_b & (token_b == emb_id)
+            is_eos_b = active_b & ~force_b & jnp.any(token_b[:, None] == eos_v[None, :], axis=-1)
+            # Feed this step's token (finished rows feed padding marked invalid, which no later token attends to).
+            hidden_b1d, cache = model(token_b[:, None], (prompt_len_b + i)[:, None], active_b[:, None], c["cache"])
+            h_bd = hidden_b1d[:, 0]
+            return dict(
+                i=i + 1, cache=cache, logits=constrain(model.logits(h_bd), ("batch", "vocab")),
+                tokens=c["tokens"].at[:, i].set(token_b), logp=c["logp"].at[:, i].set(logp_b),
+                lengths=c["lengths"] + active_b.astype(jnp.int32), done=c["done"] | is_emb_b, after_eos=is_eos_b,
+                forced=c["forced"] | (is_emb_b & at_budget & ~c["after_eos"]), eos=c["eos"] | is_eos_b,
+                emb=jnp.where(is_emb_b[:, None], h_bd.astype(jnp.float32), c["emb"]))
+
+        out = jax.lax.while_loop(cond, body, carry)
+        emb_bd = out["emb"]
+        if normalize:
+            emb_bd = emb_bd / jnp.maximum(jnp.linalg.norm(emb_bd, axis=-1, keepdims=True), 1e-6)
+    rollout = Rollout(tokens_bt=out["tokens"], logprobs_bt=out["logp"], lengths_b=out["lengths"],
+                      embedding_bd=emb_bd, forced_b=out["forced"], stopped_eos_b=out["eos"])
+    # The final cache is returned (and dropped by the caller) so the donated input buffers alias an output: XLA then
+    # writes every decode step into the caller's cache memory instead of a copy.
+    return rollout, out["cache"]
+
+
+def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingConfig, *, emb_token_id: int,
+           eos_token_ids: Sequence[int] = (), normalize: bool = True, max_new_tokens: Optional[int] = None,
+           mesh: Optional[Mesh] = None) -> Rollout:
+    """Generate reasoning after each prompt, then ``<embtoken>``; return tokens, log-probs, lengths and embeddings.
+
+    ``prompt_ids_bt``/``prompt_valid_bt``: ``[B, T]`` prompts, left- or right-padded (positions follow the valid
+    mask). ``rng``: a PRNG key (unused when greedy). ``max_new_tokens`` overrides ``cfg.max_new_tokens``: reasoning
+    tokens allowed before ``<embtoken>`` is forced. ``mesh`` (default: the active ``use_mesh`` one) turns on the
+    model's sharding constraints: batch over data x fsdp. Compiles once per (B, T) and settings.
+    """
+    problems = cfg.validate()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if emb_token_id is None:
+        raise ValueError("sample: emb_token_id is required (the id of <embtoken>)")
+    n_new = cfg.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+    if n_new < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {n_new}")
+    if prompt_ids_bt.shape != prompt_valid_bt.shape or len(prompt_ids_bt.shape) != 2:
+        raise ValueError(f"prompt ids {prompt_ids_bt.shape} and valid mask {prompt_valid_bt.shape} must both be "
+                         f"[B, T]")
+    eos = tuple(sorted({int(e) for e in eos_token_ids}))
+    if int(emb_token_id) in eos:
+        raise ValueError(f"<embtoken> id {emb_token_id} is also an end-of-sequence id")
+    mesh = active_mesh() if mesh is None else mesh
+    settings = _static_settings(float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
+    cache, logits_bv, prompt_len_b = _prefill(graphdef, params, prompt_ids_bt, prompt_valid_bt,
+                                              cache_len=prompt_ids_bt.shape[1] + n_new + 1, mesh=mesh)
+    # The special ids are traced (not static): changing them never recompiles. -1 pads the EOS list (never a token).
+    width = max(4, -(-len(eos) // 4) * 4)
+    eos_v = jnp.asarray(eos + (-1,) * (width - len(eos)), jnp.int32)
+    rollout, _ = _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, jnp.int32(emb_token_id), eos_v,
+                         settings=settings, n_new=n_new, normalize=bool(normalize), mesh=mesh)
+    return rollout
+
+
+def compiled_count() -> int:
+    """How many (prefill, decode) programs have been compiled so far (tests check a second call adds none)."""
+    return _prefill._cache_size() + _decode._cache_size()

@@ -1,0 +1,164 @@
+"""Stage 3: GRPO on sampled reasoning, rewarded by how well the resulting embedding retrieves.
+
+One training step, a pure jitted function of (state, batch, frozen):
+
+1. **Rollout.** Each query's prompt is repeated ``grpo.group_size`` (G) times and continued by the jitted sampler at
+   ``grpo.rollout_temperature`` (no top-k/top-p, so the sampling distribution is the tempered policy and the
+   importance ratio is exactly 1 on-policy); the sampler returns tokens, their log-probs, lengths, whether
+   ``<embtoken>`` had to be forced, and the ``<embtoken>`` embedding.
+2. **Pool.** The batch's documents (every query's positives and hard negatives, the whole global batch) are embedded
+   without gradient by the current policy, or by a snapshot refreshed every ``grpo.pool_refresh_every`` steps.
+3. **Rewards** (``grpo.rewards``, a weighted sum over the registry in ``t1_jax.grpo.rewards``) per rollout, then
+   **advantages** per group (``grpo.advantage``).
+4. **Updates.** ``grpo.inner_steps`` (mu) optimizer updates on the same rollout: teacher-forced log-probs of the sampled
+   tokens under the current parameters (in sequence chunks), token-level clipped surrogate against the rollout's
+   log-probs, k3 KL to the frozen reference policy (``grpo.beta``), optional auxiliary InfoNCE on the teacher-forced
+   ``<embtoken>`` embeddings (``grpo.aux_infonce_weight``).
+
+The trainer, checkpoints, resume and metrics are the ones every stage uses (``t1_jax.trainer``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from t1_jax import losses
+from t1_jax.config import ExperimentConfig
+from t1_jax.grpo import combined_reward, compute_advantages, labels_from_ids, policy_loss
+from t1_jax.logprobs import token_logprobs
+from t1_jax.stages.contrastive import embed_last, positions_from_valid
+from t1_jax.trainer import TrainState, apply_gradients
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequences:
+    """Prompt + sampled continuation laid out for a teacher-forced forward pass."""
+
+    ids_bt: jax.Array  # [B, Tp + Tg]
+    valid_bt: jax.Array
+    gen_hidden_index_bg: jax.Array  # slot whose hidden state predicts generated token g
+    emb_index_b: jax.Array  # slot of the final <embtoken>
+    gen_mask_bg: jax.Array  # 1 = a generated token (up to and including <embtoken>)
+
+
+def layout(prompt_ids_bt, prompt_valid_bt, tokens_bg, lengths_b) -> Sequences:
+    tp, tg = prompt_ids_bt.shape[1], tokens_bg.shape[1]
+    gen_mask = (jnp.arange(tg)[None, :] < lengths_b[:, None]).astype(jnp.int32)
+    ids = jnp.concatenate([prompt_ids_bt, jnp.where(gen_mask > 0, tokens_bg, 0)], axis=1)
+    valid = jnp.concatenate([prompt_valid_bt.astype(jnp.int32), gen_mask], axis=1)
+    prompt_last = jnp.sum(prompt_valid_bt.astype(jnp.int32), axis=1) - 1  # right-padded prompts
+    g = jnp.arange(tg)[None, :]
+    hidden_index = jnp.where(g == 0, prompt_last[:, None], tp + g - 1)
+    return Sequences(ids, valid, hidden_index, tp + lengths_b - 1, gen_mask)
+
+
+def _normalize(x_bd):
+    return x_bd / jnp.maximum(jnp.linalg.norm(x_bd, axis=-1, keepdims=True), 1e-6)
+
+
+def teacher_forced(model, seqs: Sequences, tokens_bg, temperature: float, chunk: int, normalize: bool):
+    """(log-probs [B, Tg], entropies [B, Tg], <embtoken> embeddings [B, D]) of a sampled continuation."""
+    hidden_btd, _ = model(seqs.ids_bt, positions_from_valid(seqs.valid_bt), seqs.valid_bt)
+    h_gen = jnp.take_along_axis(hidden_btd, seqs.gen_hidden_index_bg[..., None], axis=1)
+    logp, entropy = token_logprobs(h_gen, tokens_bg, model.logits, chunk, temperature)
+    emb = jnp.take_along_axis(hidden_btd, seqs.emb_index_b[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    return logp, entropy, (_normalize(emb) if normalize else emb)
+
+
+def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Callable:
+    """The jitted-ready step ``(state, batch, tx, schedule, frozen) -> (state, metrics)``.
+
+    ``sample_fn(params, prompt_ids, prompt_valid, rng) -> Rollout`` (see ``t1_jax.sampler``); ``frozen`` holds
+    ``{"ref": reference params}`` when ``grpo.beta > 0``.
+    """
+    g = cfg.grpo
+    group = g.group_size
+    normalize = cfg.retrieval.normalize
+
+    def embed_docs(params, batch):
+        model = nnx.merge(graphdef, params)
+        d_nd, _ = embed_last(model, batch["d_ids"], batch["d_valid"], normalize)
+        return jax.lax.stop_gradient(d_nd)
+
+    def step(state: TrainState, batch: dict, tx: optax.GradientTransformation, schedule, frozen=None):
+        rng, sample_rng = jax.random.split(state.rng)
+        b = batch["q_ids"].shape[0]
+        prompts = jnp.repeat(batch["q_ids"], group, axis=0)
+        prompt_valid = jnp.repeat(batch["q_valid"], group, axis=0)
+        rollout = sample_fn(jax.lax.stop_gradient(state.params), prompts, prompt_valid, sample_rng)
+        tokens = rollout.tokens_bt
+        seqs = layout(prompts, prompt_valid, tokens, rollout.lengths_b)
+
+        pool_params = state.extra["pool_params"] if g.pool_refresh_every else state.params
+        d_nd = embed_docs(pool_params, batch)
+        labels_bp = labels_from_ids(batch["doc_keys"], batch["pos_keys"])
+        q_bgd = rollout.embedding_bd.reshape(b, group, -1)
+        forced_bg = rollout.forced_b.reshape(b, group)
+        lengths_bg = rollout.lengths_b.reshape(b, group)
+        rewards_bg, reward_metrics = combined_reward(g.rewards, q_bgd, d_nd, labels_bp, forced_bg, lengths_bg, g)
+        adv = compute_advantages(g.advantage, rewards_bg, g.advantage_eps).reshape(-1)
+
+        logp_ref = None
+        if g.beta > 0:
+            ref_model = nnx.merge(graphdef, frozen["ref"])
+            logp_ref, _, _ = teacher_forced(ref_model, seqs, tokens, g.rollout_temperature, g.logprob_chunk_size,
+                                            normalize)
+            logp_ref = jax.lax.stop_gradient(logp_ref)
+        pos_col = jnp.repeat(batch["pos_col"], group)  # each rollout's labelled positive in the batch's documents
+        pos_keys = jnp.repeat(batch["pos_keys"], group, axis=0)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params)
+            logp, entropy, emb = teacher_forced(model, seqs, tokens, g.rollout_temperature, g.logprob_chunk_size,
+                                                normalize)
+            loss, metrics = policy_loss(logp, rollout.logprobs_bt, logp_ref, adv, seqs.gen_mask_bg, g.epsilon_low,
+                                        g.epsilon_high, g.beta, g.kl_clamp, g.loss_aggregation)
+            mask = seqs.gen_mask_bg.astype(jnp.float32)
+            metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+            if g.aux_infonce_weight:
+                aux, aux_metrics = losses.infonce(emb, d_nd, batch["doc_keys"], pos_col, pos_keys,
+                                                  cfg.loss.temperature)
+                loss = loss + g.aux_infonce_weight * aux
+                metrics["aux_infonce"] = aux
+                metrics["aux_accuracy"] = aux_metrics["accuracy"]
+            return loss, metrics
+
+        def inner(carry, _):
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(carry.params)
+            return apply_gradients(carry, grads, tx), (loss, metrics, optax.tree.norm(grads))
+
+        new_state, (loss_m, metrics_m, grad_norm_m) = jax.lax.scan(inner, state, None, length=g.inner_steps)
+        extra = new_state.extra
+        if g.pool_refresh_every:
+            outer = new_state.step // g.inner_steps
+            refresh = (outer % g.pool_refresh_every) == 0
+            extra = {"pool_params": jax.tree.map(lambda new, old: jnp.where(refresh, new, old), new_state.params,
+                                                 extra["pool_params"])}
+        new_state = new_state.replace(rng=rng, extra=extra)
+        lengths = rollout.lengths_b.astype(jnp.float32)
+        metrics = {
+            "loss": loss_m[0],  # the first inner update: on-policy
+            **{k: v[0] for k, v in metrics_m.items()},
+            **reward_metrics,
+            "grad_norm": grad_norm_m[0],
+            "lr": schedule(state.step),
+            "natural_embtoken_fraction": 1.0 - jnp.mean(rollout.forced_b.astype(jnp.float32)),
+            "trace_length_mean": jnp.mean(lengths),
+            "trace_length_max": jnp.max(lengths),
+            "generated_tokens": jnp.sum(lengths),
+            "reward_group_std_zero_fraction": jnp.mean((jnp.std(rewards_bg, axis=1) == 0).astype(jnp.float32)),
+        }
+        return new_state, metrics
+
+    return step
+
+
+def init_extra_fn(cfg: ExperimentConfig) -> Optional[Callable[[Any], Any]]:
+    if not cfg.grpo.pool_refresh_every:
+        return None
+    return lambda params: {"pool_params": jax.tree.map(jnp.copy, params)}
