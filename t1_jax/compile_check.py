@@ -10,9 +10,9 @@ id when unset; it does not change any shape).
 
 Per program it reports XLA's per-chip memory against the chip's HBM (:func:`t1_jax.tpu.compile_report`), the analytic
 FLOPs of one step (:func:`t1_jax.tpu.decoder_flops`, attention and remat recompute included) and the roofline lower
-bound on step time with the tokens/s it implies. Programs per stage come from the ``PROGRAMS`` registry; stage 3
-(GRPO) is looked up in the GRPO stage module (``t1_jax.stages.grpo.compile_check_programs``) and reported as not
-available until that exists.
+bound on step time with the tokens/s it implies. Programs per stage come from the ``PROGRAMS`` registry: stages 1
+and 2 compile the train step; stage 3 the whole GRPO step (rollout included) and the rollout sampler alone, built by
+``t1_jax.stages.build.grpo_step_fn`` / ``grpo_sample_fn`` (reported as not available when those are missing).
 """
 from __future__ import annotations
 
@@ -26,9 +26,6 @@ from t1_jax.config import ConfigError, ExperimentConfig
 from t1_jax.tpu import FlopCount, GiB, MemoryReport, TopologySpec
 
 log = logging.getLogger(__name__)
-
-GRPO_MODULE = "t1_jax.stages.grpo"
-GRPO_HOOK = "compile_check_programs"
 
 
 class StageNotAvailable(RuntimeError):
@@ -208,18 +205,20 @@ def state_shardings_of(stage, tx, mesh, rng) -> Any:
     shapes = jax.eval_shape(init_state_fn(stage, tx), rng)
     params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes.params,
                                     stage.param_shardings)
-    opt_init = jax.jit(lambda p: init_opt_state(tx, p, stage.param_shardings))
-    opt_shardings = opt_init.lower(params).compile().output_shardings
+    def opt_and_extra(p):
+        return init_opt_state(tx, p, stage.param_shardings), (stage.init_extra(p) if stage.init_extra else None)
+
+    opt_shardings, extra_shardings = jax.jit(opt_and_extra).lower(params).compile().output_shardings
     # Leaves that depend on no input (AdamW's step count) come back on one device; in the trainer they are replicated.
     opt_shardings = jax.tree_util.tree_map(lambda sh: sh if len(sh.device_set) == mesh.size else replicated(mesh),
                                            opt_shardings)
     log.info("state shardings from tx.init in %.1f s", time.perf_counter() - start)
     return TrainState(step=replicated(mesh), params=stage.param_shardings, opt_state=opt_shardings,
-                      rng=replicated(mesh))
+                      rng=replicated(mesh), extra=extra_shardings)
 
 
 def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[str, tuple], flops: FlopCount,
-                       tokens: int, description: str) -> Program:
+                       tokens: int, description: str, frozen: Any = None) -> Program:
     """The trainer's jitted step for ``stage`` (a TrainStage without data) with abstract state and batch."""
     import jax
 
@@ -227,7 +226,7 @@ def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[st
     from t1_jax.optimizer import make_optimizer
     from t1_jax.trainer import batch_shardings, init_state_fn, jit_train_step
 
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps * stage.updates_per_step)
     with mesh_lib.use_mesh(mesh):
         rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
         state_shardings = state_shardings_of(stage, tx, mesh, rng)
@@ -236,7 +235,7 @@ def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[st
         step = jit_train_step(stage, cfg.optimizer.grad_accum_steps, tx, schedule, state_shardings)
     batch = abstract_tree(batch_shapes, batch_shardings(mesh, {k: s for k, (s, _) in batch_shapes.items()},
                                                         stage.batch_logical_axes))
-    return Program("train step", step, (abstract_state, batch), flops, tokens, description)
+    return Program("train step", step, (abstract_state, batch, frozen), flops, tokens, description)
 
 
 def contrastive_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
@@ -257,21 +256,93 @@ def contrastive_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
                                description)]
 
 
+def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
+    """(rollout, whole step) analytic FLOPs of stage 3 over the global batch (our accounting; see docs/tpu.md).
+
+    R = queries x group_size rollouts with prompts padded to Tp and Tg = max_new_tokens + 1 generated slots; the
+    KV cache holds Tp + Tg positions and every decoding step attends over all of them (dense cache). Rollout =
+    prefill (R·Tp tokens) + decode (R·Tg tokens, logits at each). Step = rollout + the document pool (inference) +
+    the reference policy's teacher-forced pass when grpo.beta > 0 (inference) + grpo.inner_steps training passes over
+    the R prompt+generation sequences (logits at the Tg generated positions, rematerialised once by the chunked
+    log-prob scan).
+    """
+    from t1_jax.tpu import decoder_flops
+
+    m, g = cfg.model, cfg.grpo
+    rollouts = cfg.data.global_batch_size * g.group_size
+    n = cfg.data.global_batch_size * (1 + cfg.data.num_hard_negatives)
+    tp, td = grpo_lengths(cfg)
+    tg = cfg.sampling.max_new_tokens + 1
+    cache = tp + tg
+    rollout = _sum_flops(decoder_flops(m, rollouts * tp, cache, training=False, lm_head_tokens=rollouts),
+                         decoder_flops(m, rollouts * tg, cache, training=False, lm_head_tokens=rollouts * tg))
+    parts = [rollout, decoder_flops(m, n * td, td, training=False)]
+    if g.beta > 0:
+        parts.append(decoder_flops(m, rollouts * cache, cache, training=False, lm_head_tokens=rollouts * tg))
+    train = decoder_flops(m, rollouts * cache, cache, lm_head_tokens=rollouts * tg)
+    relogits = 2.0 * m.hidden_size * m.vocab_size * rollouts * tg
+    for _ in range(g.inner_steps):
+        parts.append(dataclasses.replace(train, recompute=train.recompute + relogits))
+    return rollout, _sum_flops(*parts)
+
+
+def grpo_lengths(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(prompt, document) padded lengths of stage 3's batches: the prompt has no ``<embtoken>``."""
+    from t1_jax.data.pipeline import bucket_length
+
+    t = cfg.text
+    return bucket_length(t.max_query_tokens, cfg.data.length_buckets), bucket_length(t.max_doc_tokens,
+                                                                                     cfg.data.length_buckets)
+
+
 def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
-    """Stage 3: the GRPO stage module's ``compile_check_programs(cfg, mesh) -> list[Program]`` (train step and
-    rollout), when the module exists."""
-    try:
-        module = importlib.import_module(GRPO_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != GRPO_MODULE:
-            raise
-        raise StageNotAvailable(f"stage 3 (GRPO) not available yet: {GRPO_MODULE} does not exist in this checkout, "
-                                f"so there is no GRPO step to compile") from None
-    hook: Optional[Callable] = getattr(module, GRPO_HOOK, None)
-    if hook is None:
-        raise StageNotAvailable(f"stage 3 (GRPO) not available yet for compile checks: {GRPO_MODULE} has no "
-                                f"{GRPO_HOOK}(cfg, mesh) returning the train-step and rollout programs")
-    return list(hook(cfg, mesh))
+    """Stage 3: the trainer's jitted GRPO step (rollout, pool, rewards, inner updates; built by
+    ``t1_jax.stages.build.grpo_step_fn``) and, separately, the rollout sampler alone."""
+    import jax
+    import numpy as np
+
+    from t1_jax.stages import build
+
+    step_builder = getattr(build, "grpo_step_fn", None)
+    if step_builder is None or "grpo" not in build.STAGE_BUILDERS:
+        raise StageNotAvailable("stage 3 (GRPO) not available yet: t1_jax.stages.build has no GRPO step builder "
+                                "(grpo_step_fn) in this checkout")
+    from t1_jax.stages.contrastive import model_functions
+    from t1_jax.stages.grpo import init_extra_fn
+    from t1_jax.trainer import TrainStage
+
+    g = cfg.grpo
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    stage = TrainStage(name="grpo", init_params=init_params, batches=None, step_fn=step_builder(cfg, graphdef),
+                       param_shardings=shardings, updates_per_step=g.inner_steps, init_extra=init_extra_fn(cfg))
+    b = cfg.data.global_batch_size
+    n = b * (1 + cfg.data.num_hard_negatives)
+    tp, td = grpo_lengths(cfg)
+    i32 = np.int32
+    shapes = {"q_ids": ((b, tp), i32), "q_valid": ((b, tp), i32), "q_loss": ((b, tp), i32), "d_ids": ((n, td), i32),
+              "d_valid": ((n, td), i32), "doc_keys": ((n,), i32), "pos_col": ((b,), i32),
+              "pos_keys": ((b, cfg.data.max_positives), i32)}
+    abstract_params = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(init_params, jax.ShapeDtypeStruct((2,), jax.numpy.uint32)), shardings)
+    frozen = {"ref": abstract_params} if g.beta > 0 else None
+    rollouts, tg = b * g.group_size, cfg.sampling.max_new_tokens + 1
+    rollout_flops, step_flops = grpo_flops(cfg)
+    description = (f"{b} queries x {g.group_size} rollouts, prompt {tp} + up to {tg} generated tokens; pool {n} "
+                   f"documents x {td}; {g.inner_steps} update(s); reference policy {'on' if g.beta > 0 else 'off'}; "
+                   f"remat {cfg.model.remat}")
+    step = train_step_program(cfg, mesh, stage, shapes, step_flops, rollouts * (tp + tg), description, frozen)
+
+    from t1_jax import mesh as mesh_lib
+
+    sample_fn = build.grpo_sample_fn(cfg, graphdef)
+    prompt_sharding = mesh_lib.logical_sharding(mesh, ("batch", None))
+    prompts = jax.ShapeDtypeStruct((rollouts, tp), i32, sharding=prompt_sharding)
+    rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
+    rollout = Program("rollout", jax.jit(sample_fn), (abstract_params, prompts, prompts, rng), rollout_flops,
+                      rollouts * tg, f"{rollouts} sequences: prefill {tp} + {tg} decoding steps (KV cache "
+                                     f"{tp + tg}); tokens = generated slots")
+    return [step, rollout]
 
 
 PROGRAMS: dict[str, Callable[[ExperimentConfig, Any], list[Program]]] = {

@@ -87,12 +87,31 @@ def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
         flops_per_token=6.0 * param_count(cfg.model))
 
 
+def grpo_sample_fn(cfg: ExperimentConfig, graphdef) -> Callable:
+    """The rollout sampler of stage 3: tempered policy, no top-k/top-p (shared with ``t1 compile-check``)."""
+    from t1_jax.sampler import sample
+
+    sampling = dataclasses.replace(cfg.sampling, temperature=cfg.grpo.rollout_temperature, top_k=0, top_p=1.0)
+
+    def sample_fn(params, prompt_ids, prompt_valid, rng):
+        return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
+                      eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
+
+    return sample_fn
+
+
+def grpo_step_fn(cfg: ExperimentConfig, graphdef) -> Callable:
+    """The GRPO step (rollout, pool, rewards, updates) the trainer jits (shared with ``t1 compile-check``)."""
+    from t1_jax.stages.grpo import make_grpo_step
+
+    return make_grpo_step(cfg, graphdef, grpo_sample_fn(cfg, graphdef))
+
+
 def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     from t1_jax.data.examples import load_examples
     from t1_jax.data.pipeline import contrastive_batches
-    from t1_jax.sampler import sample
     from t1_jax.stages.contrastive import model_functions
-    from t1_jax.stages.grpo import init_extra_fn, make_grpo_step
+    from t1_jax.stages.grpo import init_extra_fn
 
     g = cfg.grpo
     pretrained = pretrained_loader(cfg, mesh, formatter)
@@ -104,15 +123,9 @@ def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), query_kind="query_prompt",
                                   host_rows=host_rows)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
-    sampling = dataclasses.replace(cfg.sampling, temperature=g.rollout_temperature, top_k=0, top_p=1.0)
-
-    def sample_fn(params, prompt_ids, prompt_valid, rng):
-        return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
-                      eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
-
     frozen = (lambda: {"ref": pretrained()}) if g.beta > 0 else None
     return TrainStage(
-        name="stage 3 (grpo)", init_params=init_params, batches=batches, step_fn=make_grpo_step(cfg, graphdef, sample_fn),
+        name="stage 3 (grpo)", init_params=init_params, batches=batches, step_fn=grpo_step_fn(cfg, graphdef),
         param_shardings=shardings, pretrained=pretrained, frozen=frozen, updates_per_step=g.inner_steps,
         init_extra=init_extra_fn(cfg))  # no MFU: decoding dominates and is memory-bound
 
