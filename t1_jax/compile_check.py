@@ -391,17 +391,3 @@ def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]
                                      program.description))
     return CheckResult(cfg.name, cfg.trainer.stage, spec, dict(mesh.shape), tuple(results),
                        time.perf_counter() - start)
-
-
-def table_row(result: CheckResult, label: str) -> str:
-    """One markdown row per program for docs/tpu.md's compile-check table."""
-    rows = []
-    mesh = "×".join(str(result.mesh_shape[a]) for a in ("data", "fsdp", "tensor"))
-    for p in result.programs:
-        m = p.memory
-        rows.append(f"| {label}, {p.name} | {result.topology.accelerator_type} | {mesh} | {p.description} | "
-                    f"{m.argument_bytes / GiB:.2f} | {m.temp_bytes / GiB:.2f} | "
-                    f"{m.total_bytes / GiB:.2f} / {(m.hbm_bytes or 0) / GiB:.2f} | {'yes' if m.fits else 'NO'} | "
-                    f"{p.flops.total:.3g} | {p.roofline_seconds:.3f} | {p.tokens_per_second:,.0f} | "
-                    f"{m.compile_seconds:.0f} |")
-    return "\n".join(rows)

@@ -115,6 +115,8 @@ def test_4b_layout_tables(monkeypatch):
             chips = tpu.parse_topology(topology).chips
             config_lib.validate(cfg, device_count=chips)  # the mesh uses every chip; the batch splits evenly
             assert cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.tensor == chips
+            chunk, shards = cfg.loss.gradcache_chunk, cfg.mesh.data * cfg.mesh.fsdp
+            assert not chunk or (chunk % shards == 0 and cfg.data.global_batch_size % chunk == 0)  # splits evenly
             assert cfg.model.param_dtype == cfg.model.compute_dtype == "bfloat16" and cfg.model.num_layers == 36
             assert cfg.name.endswith("@" + tpu.parse_topology(topology).accelerator_type)
     # TPU VMs name themselves; explicit T1_TOPOLOGY wins; --set still overrides the row.

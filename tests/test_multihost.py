@@ -43,7 +43,7 @@ def _launch(workdir, data, processes, *flags):
     return procs
 
 
-def _wait(procs, timeout=240):
+def _wait(procs, timeout=900):
     outputs = []
     try:
         for p in procs:
