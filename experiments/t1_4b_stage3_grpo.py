@@ -6,8 +6,8 @@ rolled out group_size times), mesh shapes, remat and learning rate are ours (see
 fields). Fixed by the base model: the Qwen3-4B shape.
 
 Slice selection as in t1_4b_stage1.py: `$T1_TOPOLOGY`, else `$TPU_ACCELERATOR_TYPE`, else v5p-8; `--set` overrides
-afterwards. `t1 compile-check` compiles the GRPO train step and the rollout sampler once the GRPO stage provides
-them (`t1_jax.stages.grpo.compile_check_programs`); until then it reports that stage 3 is not available.
+afterwards. `t1 compile-check --config experiments/t1_4b_stage3_grpo.py --topology v5p-8` compiles the whole GRPO
+step (rollout, pool, rewards, update, reference policy) and the rollout sampler alone (numbers in docs/tpu.md).
 Sequence budgets (tokens): query prompt 256, sampled reasoning 512 (sampling.max_new_tokens) + <embtoken>,
 document 512. Numerics: bf16 parameters and compute, full per-layer remat, 128-token log-prob chunks.
 """
