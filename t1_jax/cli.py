@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "t1_jax.commands.index",
     "t1_jax.commands.search",
     "t1_jax.commands.eval",
+    "t1_jax.commands.compile_check",
     "t1_jax.commands.quickstart",
 )
 

@@ -126,6 +126,16 @@ def batch_shard_count(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
+def process_batch_rows(mesh: Mesh, global_batch: int) -> list[int]:
+    """Rows of a global batch (sharded over the batch axes) held by this process's devices, in increasing order: what
+    this host must feed ``jax.make_array_from_process_local_data`` so the global array is the global batch."""
+    sharding = logical_sharding(mesh, ("batch",))
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+        rows.update(range(*index[0].indices(global_batch)))
+    return sorted(rows)
+
+
 _DISTRIBUTED_READY = False
 
 

@@ -163,8 +163,13 @@ def abstract_mesh_devices(topology_name: str) -> list:
     spec = parse_topology(topology_name)
     if not libtpu_available():
         raise RuntimeError("compiling for TPU topologies needs libtpu: pip install -e '.[tpu]'")
+    import os
+
     from jax.experimental import topologies
 
+    # Compile-only devices never touch a TPU, so another process holding libtpu's lock (a TPU job, or a second
+    # compile check) must not stop us: libtpu honours this switch.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     desc = topologies.get_topology_desc(spec.jax_topology_name, "tpu", chip_config_name=spec.chip.chip_config_name)
     devices = list(desc.devices)
     if len(devices) != spec.chips:

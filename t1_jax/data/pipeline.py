@@ -1,8 +1,12 @@
 """grain pipeline for the contrastive stages: shuffle, repeat, per-host shard, select, tokenize, bucket, batch.
 
-Each host reads its own slice of the examples (``process_index::process_count``) and yields host-local numpy batches;
-the trainer turns them into global arrays with ``jax.make_array_from_process_local_data``. The returned iterator is a
-grain ``DatasetIterator``, so its position is saved in every checkpoint and a resumed run sees the same batches.
+Every host walks the same global order (shuffle, repeat and per-example selection are seeded and independent of the
+number of hosts), groups it into global batches, and collates only its own rows of each global batch: by default host
+h of H takes rows ``[h * b, (h + 1) * b)``; the trainer passes the rows its devices hold in the global array
+(:func:`t1_jax.mesh.process_batch_rows`). So a run on 2 hosts sees exactly the global batches of a run on 1 host, and
+the trainer turns the host-local numpy batches into global arrays with ``jax.make_array_from_process_local_data``.
+The returned iterator is a grain ``DatasetIterator``, so its position is saved in every checkpoint and a resumed run
+sees the same batches.
 
 Batch layout (``b`` = per-host batch, ``H`` = ``data.num_hard_negatives``, ``n = b * (1 + H)`` documents):
 
@@ -148,22 +152,40 @@ def fmt_len(formatter, kind, rows, domains) -> int:
     return max(len(e) for e in formatter.encode_many(kind, rows, domains))
 
 
+class _HostRows:
+    """grain batch_fn: collate only this host's rows of a global batch."""
+
+    def __init__(self, collate: Collate, rows: Sequence[int]):
+        self.collate = collate
+        self.rows = tuple(int(r) for r in rows)
+
+    def __call__(self, selected: Sequence[_Selected]) -> dict[str, np.ndarray]:
+        return self.collate([selected[r] for r in self.rows])
+
+
 def contrastive_batches(examples: Sequence[TrainExample], formatter: T1Formatter, data_cfg, local_batch_size: int,
-                        with_reasoning: bool = False, query_kind: Optional[str] = None) -> grain.DatasetIterator:
+                        with_reasoning: bool = False, query_kind: Optional[str] = None,
+                        host_rows: Optional[Sequence[int]] = None) -> grain.DatasetIterator:
     """The checkpointable iterator of host-local batches (see the module docstring for the layout).
 
     ``query_kind`` (default: ``query_with_reasoning`` if ``with_reasoning`` else ``query_direct``) picks the query
-    format; GRPO uses ``query_prompt``.
+    format; GRPO uses ``query_prompt``. ``host_rows`` are the rows of each global batch (``data.global_batch_size``)
+    that this host collates; by default the global batch is ``local_batch_size x process_count`` and the host takes
+    its contiguous block.
     """
     query_kind = query_kind or ("query_with_reasoning" if with_reasoning else "query_direct")
     if local_batch_size <= 0:
         raise ValueError(f"local batch size must be positive, got {local_batch_size}")
     process, processes = jax.process_index(), jax.process_count()
+    global_batch = local_batch_size * processes if host_rows is None else data_cfg.global_batch_size
+    if host_rows is None:
+        host_rows = range(process * local_batch_size, (process + 1) * local_batch_size)
+    host_rows = list(host_rows)
+    if len(host_rows) != local_batch_size or not all(0 <= r < global_batch for r in host_rows):
+        raise ValueError(f"host rows {host_rows} are not {local_batch_size} rows of a global batch of {global_batch}")
     ds = grain.MapDataset.source(list(examples))
-    if processes > 1:
-        ds = ds[process::processes]
-    if len(ds) < local_batch_size:
-        raise ValueError(f"{len(ds)} training examples on this host cannot fill a local batch of {local_batch_size}")
+    if len(ds) < global_batch:
+        raise ValueError(f"{len(ds)} training examples cannot fill a global batch of {global_batch}")
     if data_cfg.shuffle:
         ds = ds.shuffle(seed=data_cfg.seed)
     ds = ds.repeat(data_cfg.num_epochs or None)
@@ -174,6 +196,7 @@ def contrastive_batches(examples: Sequence[TrainExample], formatter: T1Formatter
         fixed = tuple(bucket_length(n, data_cfg.length_buckets) for n in longest)
     collate = Collate(formatter, query_kind, data_cfg.num_hard_negatives, data_cfg.max_positives,
                       data_cfg.length_buckets, fixed)
-    ds = ds.batch(local_batch_size, drop_remainder=True, batch_fn=collate)
+    ds = ds.batch(global_batch, drop_remainder=True,
+                  batch_fn=collate if host_rows == list(range(global_batch)) else _HostRows(collate, host_rows))
     read = grain.ReadOptions(num_threads=max(1, data_cfg.worker_count), prefetch_buffer_size=max(1, data_cfg.prefetch))
     return iter(ds.to_iter_dataset(read))

@@ -76,8 +76,8 @@ def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
 
     with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
     examples = load_examples(cfg.data, require_reasoning=with_reasoning)
-    local_batch = cfg.data.global_batch_size // jax.process_count()
-    batches = contrastive_batches(examples, formatter, cfg.data, local_batch, with_reasoning)
+    host_rows = mesh_lib.process_batch_rows(mesh, cfg.data.global_batch_size)  # this host's rows of each batch
+    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), with_reasoning, host_rows=host_rows)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
     return TrainStage(
         name=f"stage {'2 (reasoning)' if with_reasoning else '1 (contrastive)'}",
@@ -87,12 +87,31 @@ def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
         flops_per_token=6.0 * param_count(cfg.model))
 
 
+def grpo_sample_fn(cfg: ExperimentConfig, graphdef) -> Callable:
+    """The rollout sampler of stage 3: tempered policy, no top-k/top-p (shared with ``t1 compile-check``)."""
+    from t1_jax.sampler import sample
+
+    sampling = dataclasses.replace(cfg.sampling, temperature=cfg.grpo.rollout_temperature, top_k=0, top_p=1.0)
+
+    def sample_fn(params, prompt_ids, prompt_valid, rng):
+        return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
+                      eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
+
+    return sample_fn
+
+
+def grpo_step_fn(cfg: ExperimentConfig, graphdef) -> Callable:
+    """The GRPO step (rollout, pool, rewards, updates) the trainer jits (shared with ``t1 compile-check``)."""
+    from t1_jax.stages.grpo import make_grpo_step
+
+    return make_grpo_step(cfg, graphdef, grpo_sample_fn(cfg, graphdef))
+
+
 def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     from t1_jax.data.examples import load_examples
     from t1_jax.data.pipeline import contrastive_batches
-    from t1_jax.sampler import sample
     from t1_jax.stages.contrastive import model_functions
-    from t1_jax.stages.grpo import init_extra_fn, make_grpo_step
+    from t1_jax.stages.grpo import init_extra_fn
 
     g = cfg.grpo
     pretrained = pretrained_loader(cfg, mesh, formatter)
@@ -100,18 +119,13 @@ def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
         raise ConfigError("grpo.beta > 0 needs a reference policy: set trainer.init_from to the stage-2 model (or "
                           "grpo.beta=0)")
     examples = load_examples(cfg.data)
-    local_batch = cfg.data.global_batch_size // jax.process_count()
-    batches = contrastive_batches(examples, formatter, cfg.data, local_batch, query_kind="query_prompt")
+    host_rows = mesh_lib.process_batch_rows(mesh, cfg.data.global_batch_size)  # this host's rows of each batch
+    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), query_kind="query_prompt",
+                                  host_rows=host_rows)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
-    sampling = dataclasses.replace(cfg.sampling, temperature=g.rollout_temperature, top_k=0, top_p=1.0)
-
-    def sample_fn(params, prompt_ids, prompt_valid, rng):
-        return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
-                      eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
-
     frozen = (lambda: {"ref": pretrained()}) if g.beta > 0 else None
     return TrainStage(
-        name="stage 3 (grpo)", init_params=init_params, batches=batches, step_fn=make_grpo_step(cfg, graphdef, sample_fn),
+        name="stage 3 (grpo)", init_params=init_params, batches=batches, step_fn=grpo_step_fn(cfg, graphdef),
         param_shardings=shardings, pretrained=pretrained, frozen=frozen, updates_per_step=g.inner_steps,
         init_extra=init_extra_fn(cfg))  # no MFU: decoding dominates and is memory-bound
 
@@ -146,6 +160,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
         graphdef = nnx.graphdef(abstract_model(cfg.model))
         out = os.path.join(workdir, MODEL_SUBDIR)
         save_model(out, nnx.merge(graphdef, state.params))
-        formatter.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+        if jax.process_index() == 0:  # a shared path: one writer
+            formatter.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
         log.info("finished %s: model saved to %s", stage.name, out)
     return state

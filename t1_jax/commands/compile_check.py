@@ -1,0 +1,63 @@
+"""``t1 compile-check``: compile a stage's real jitted step for a TPU slice on this (CPU) host and report whether it
+fits: per-chip memory vs HBM, FLOPs per step, roofline step time and tokens/s. Needs libtpu (the ``tpu`` extra)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from t1_jax.commands.common import add_config_arguments
+
+NAME = "compile-check"
+HELP = ("compile the configured stage's train step for a TPU topology (no TPU needed, libtpu required) and print "
+        "per-chip memory, FLOPs and roofline step time; exit 1 when it does not fit")
+
+EXIT_DOES_NOT_FIT = 1
+EXIT_NOT_AVAILABLE = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--topology", required=True, metavar="SLICE",
+                        help="TPU slice: v5p-8, v4-8, v4-32, v5e-16 (v5litepod-16), v5p-64, or gen:AxBxC. Also "
+                             "selects the experiment's layout row (sets T1_TOPOLOGY while the config loads)")
+    parser.add_argument("--program", action="append", default=[], metavar="NAME",
+                        help="compile only this program (e.g. 'train step'); repeatable; default all of the stage's")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from t1_jax import compile_check
+    from t1_jax.config import load_config
+    from t1_jax.layouts import TOPOLOGY_ENV
+    from t1_jax.tpu import libtpu_available, parse_topology
+
+    spec = parse_topology(args.topology)  # ValueError -> one line from the CLI
+    if not libtpu_available():
+        print("t1 compile-check: libtpu is not installed; install the tpu extra: pip install -e '.[tpu]'",
+              file=sys.stderr)
+        return 2
+    previous = os.environ.get(TOPOLOGY_ENV)
+    os.environ[TOPOLOGY_ENV] = spec.accelerator_type
+    try:
+        cfg = load_config(args.config, args.overrides)
+    finally:
+        if previous is None:
+            os.environ.pop(TOPOLOGY_ENV, None)
+        else:
+            os.environ[TOPOLOGY_ENV] = previous
+    try:
+        result = compile_check.check(cfg, args.topology, args.program)
+    except compile_check.StageNotAvailable as e:
+        print(f"t1 compile-check: {e}", file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
+    print(result.format())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+    if not result.fits:
+        print(f"t1 compile-check: {cfg.name} does not fit {spec.accelerator_type}: over by "
+              f"{result.overflow_gib:.3f} GiB per chip", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+    return 0

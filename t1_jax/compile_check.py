@@ -1,0 +1,393 @@
+"""Prove that a stage fits a TPU slice without a TPU: compile its real jitted step for the slice on a CPU host.
+
+``check(cfg, topology)`` builds the ``(data, fsdp, tensor)`` mesh of ``cfg.mesh`` over compile-only devices of the
+slice (libtpu, :func:`t1_jax.tpu.topology_mesh`), builds the stage's programs exactly as the trainer does
+(:func:`t1_jax.trainer.init_state_fn` -> state shardings from the compiled init, :func:`t1_jax.trainer.jit_train_step`
+with the stage's loss) and lowers + compiles them with abstract inputs: ``jax.ShapeDtypeStruct`` leaves carrying the
+real NamedShardings (parameters from the logical rules, batch keys over the batch axes) at the configured padded
+lengths. No tokenizer or data is read: the vocabulary and ``<embtoken>`` id come from the model config (a placeholder
+id when unset; it does not change any shape).
+
+Per program it reports XLA's per-chip memory against the chip's HBM (:func:`t1_jax.tpu.compile_report`), the analytic
+FLOPs of one step (:func:`t1_jax.tpu.decoder_flops`, attention and remat recompute included) and the roofline lower
+bound on step time with the tokens/s it implies. Programs per stage come from the ``PROGRAMS`` registry: stages 1
+and 2 compile the train step; stage 3 the whole GRPO step (rollout included) and the rollout sampler alone, built by
+``t1_jax.stages.build.grpo_step_fn`` / ``grpo_sample_fn`` (reported as not available when those are missing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from t1_jax.config import ConfigError, ExperimentConfig
+from t1_jax.tpu import FlopCount, GiB, MemoryReport, TopologySpec
+
+log = logging.getLogger(__name__)
+
+
+class StageNotAvailable(RuntimeError):
+    """The configured stage has no programs to compile yet (e.g. stage 3 before the GRPO stage lands)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """One program to compile: ``fn`` is jitted; ``args`` are abstract (ShapeDtypeStruct pytrees with shardings)."""
+
+    name: str
+    fn: Any
+    args: tuple
+    flops: FlopCount  # analytic, whole step over all chips
+    tokens: int  # tokens processed per step (for tokens/s)
+    description: str = ""  # batch and lengths, one line
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramResult:
+    name: str
+    memory: MemoryReport
+    flops: FlopCount
+    tokens: int
+    roofline_seconds: float
+    description: str
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.roofline_seconds if self.roofline_seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "memory": self.memory.to_dict(),
+                "flops": {**dataclasses.asdict(self.flops), "total": self.flops.total}, "tokens": self.tokens,
+                "roofline_seconds": self.roofline_seconds, "tokens_per_second": self.tokens_per_second}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    config: str
+    stage: str
+    topology: TopologySpec
+    mesh_shape: dict[str, int]
+    programs: tuple[ProgramResult, ...]
+    wall_seconds: float  # the whole check: building, lowering and compiling every program
+
+    @property
+    def fits(self) -> bool:
+        return all(p.memory.fits is not False for p in self.programs)
+
+    @property
+    def overflow_gib(self) -> float:
+        return max((p.memory.overflow_gib for p in self.programs), default=0.0)
+
+    def format(self) -> str:
+        from t1_jax.tpu import format_step_estimate
+
+        mesh = "x".join(str(self.mesh_shape[a]) for a in ("data", "fsdp", "tensor"))
+        lines = [f"compile check: {self.config} (stage {self.stage}) on {self.topology.accelerator_type} "
+                 f"({self.topology.chips} x {self.topology.chip.name} chips, {self.topology.topology}), mesh "
+                 f"data x fsdp x tensor = {mesh}"]
+        for p in self.programs:
+            lines += ["", f"[{p.name}] {p.description}", p.memory.format(),
+                      format_step_estimate(p.flops, self.topology, p.tokens),
+                      f"compile time {p.memory.compile_seconds:.1f} s"]
+        verdict = "fits" if self.fits else f"DOES NOT FIT (over by {self.overflow_gib:.3f} GiB per chip)"
+        lines += ["", f"result: {verdict}; wall time {self.wall_seconds:.1f} s"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "stage": self.stage, "topology": self.topology.accelerator_type,
+                "chips": self.topology.chips, "chip": self.topology.chip.name, "mesh": self.mesh_shape,
+                "fits": self.fits, "overflow_gib": self.overflow_gib, "wall_seconds": self.wall_seconds,
+                "programs": [p.to_dict() for p in self.programs]}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def padded_lengths(cfg: ExperimentConfig, with_reasoning: bool) -> tuple[int, int]:
+    """(query, document) padded lengths of the longest possible batch, as the multi-host pipeline pads them.
+
+    Query = the prompt (``text.max_query_tokens``) [+ ``text.max_reasoning_tokens`` of reasoning] + ``<embtoken>``;
+    document = ``text.max_doc_tokens`` (``<embtoken>`` included); both rounded up by the pipeline's bucketing.
+    """
+    from t1_jax.data.pipeline import bucket_length
+
+    t = cfg.text
+    query = t.max_query_tokens + (t.max_reasoning_tokens if with_reasoning else 0) + 1
+    return bucket_length(query, cfg.data.length_buckets), bucket_length(t.max_doc_tokens, cfg.data.length_buckets)
+
+
+def with_placeholder_tokens(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Give the model an ``<embtoken>`` id when the config has none (no tokenizer is read; shapes do not change)."""
+    if cfg.model.emb_token_id is not None:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, emb_token_id=cfg.model.vocab_size - 1))
+
+
+def abstract_tree(shapes_dtypes: dict[str, tuple], shardings: dict) -> dict:
+    import jax
+
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k]) for k, (shape, dtype) in shapes_dtypes.items()}
+
+
+def contrastive_batch_shapes(cfg: ExperimentConfig, with_reasoning: bool) -> dict[str, tuple]:
+    """Global batch shapes/dtypes of the contrastive pipeline (t1_jax.data.pipeline's layout) at the padded lengths."""
+    import numpy as np
+
+    b = cfg.data.global_batch_size
+    n = b * (1 + cfg.data.num_hard_negatives)
+    tq, td = padded_lengths(cfg, with_reasoning)
+    i32 = np.int32
+    return {"q_ids": ((b, tq), i32), "q_valid": ((b, tq), i32), "q_loss": ((b, tq), i32), "d_ids": ((n, td), i32),
+            "d_valid": ((n, td), i32), "doc_keys": ((n,), i32), "pos_col": ((b,), i32),
+            "pos_keys": ((b, cfg.data.max_positives), i32)}
+
+
+def _sum_flops(*counts: FlopCount) -> FlopCount:
+    return FlopCount(*(sum(getattr(c, f.name) for c in counts) for f in dataclasses.fields(FlopCount)))
+
+
+def contrastive_flops(cfg: ExperimentConfig, with_reasoning: bool) -> FlopCount:
+    """Analytic FLOPs of one stage-1/2 step over the whole global batch (our accounting; see docs/tpu.md).
+
+    Queries and documents are counted at their own padded lengths. Stage 2's cross-entropy computes logits at every
+    query position (in ``loss.ce_chunk_size`` chunks, rematerialised: one extra forward of the LM head). GradCache
+    (``loss.gradcache_chunk``) re-runs each chunk's whole forward during the backward pass: one extra forward.
+    """
+    from t1_jax.tpu import decoder_flops
+
+    m = cfg.model
+    b = cfg.data.global_batch_size
+    n = b * (1 + cfg.data.num_hard_negatives)
+    tq, td = padded_lengths(cfg, with_reasoning)
+    lm_rows = 0
+    if with_reasoning:
+        chunk = min(cfg.loss.ce_chunk_size, tq - 1)
+        lm_rows = b * (-(-(tq - 1) // chunk) * chunk)
+    parts = [decoder_flops(m, tokens=b * tq, seq_len=tq, lm_head_tokens=lm_rows),
+             decoder_flops(m, tokens=n * td, seq_len=td)]
+    extra = 0.0
+    if with_reasoning:
+        extra += 2.0 * m.hidden_size * m.vocab_size * lm_rows  # the CE scan body's rematerialised logits
+    if cfg.loss.gradcache_chunk:
+        forward = _sum_flops(decoder_flops(m, b * tq, tq, training=False, lm_head_tokens=lm_rows),
+                             decoder_flops(m, n * td, td, training=False))
+        extra += forward.total
+    total = _sum_flops(*parts)
+    return dataclasses.replace(total, recompute=total.recompute + extra)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Programs per stage
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def replicated(mesh):
+    import jax
+
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def state_shardings_of(stage, tx, mesh, rng) -> Any:
+    """The TrainState shardings the trainer gets from compiling its initialiser (``Trainer.fit``), without compiling
+    the random initialisation of billions of parameters: the initialiser pins the parameters to
+    ``stage.param_shardings`` and the optimizer state is built by ``init_opt_state`` from them, so the check compiles
+    just that on parameters carrying those shardings; step and rng are replicated scalars.
+    (``tests/test_compile_check.py`` checks this equals the full initialiser's output shardings.)"""
+    import jax
+
+    from t1_jax.trainer import TrainState, init_opt_state, init_state_fn
+
+    start = time.perf_counter()
+    shapes = jax.eval_shape(init_state_fn(stage, tx), rng)
+    params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes.params,
+                                    stage.param_shardings)
+    def opt_and_extra(p):
+        return init_opt_state(tx, p, stage.param_shardings), (stage.init_extra(p) if stage.init_extra else None)
+
+    opt_shardings, extra_shardings = jax.jit(opt_and_extra).lower(params).compile().output_shardings
+    # Leaves that depend on no input (AdamW's step count) come back on one device; in the trainer they are replicated.
+    opt_shardings = jax.tree_util.tree_map(lambda sh: sh if len(sh.device_set) == mesh.size else replicated(mesh),
+                                           opt_shardings)
+    log.info("state shardings from tx.init in %.1f s", time.perf_counter() - start)
+    return TrainState(step=replicated(mesh), params=stage.param_shardings, opt_state=opt_shardings,
+                      rng=replicated(mesh), extra=extra_shardings)
+
+
+def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[str, tuple], flops: FlopCount,
+                       tokens: int, description: str, frozen: Any = None) -> Program:
+    """The trainer's jitted step for ``stage`` (a TrainStage without data) with abstract state and batch."""
+    import jax
+
+    from t1_jax import mesh as mesh_lib
+    from t1_jax.optimizer import make_optimizer
+    from t1_jax.trainer import batch_shardings, init_state_fn, jit_train_step
+
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps * stage.updates_per_step)
+    with mesh_lib.use_mesh(mesh):
+        rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
+        state_shardings = state_shardings_of(stage, tx, mesh, rng)
+        abstract_state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                                jax.eval_shape(init_state_fn(stage, tx), rng), state_shardings)
+        step = jit_train_step(stage, cfg.optimizer.grad_accum_steps, tx, schedule, state_shardings)
+    batch = abstract_tree(batch_shapes, batch_shardings(mesh, {k: s for k, (s, _) in batch_shapes.items()},
+                                                        stage.batch_logical_axes))
+    return Program("train step", step, (abstract_state, batch, frozen), flops, tokens, description)
+
+
+def contrastive_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
+    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn, model_functions
+    from t1_jax.trainer import TrainStage
+
+    with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    stage = TrainStage(name=cfg.trainer.stage, init_params=init_params, batches=None,
+                       loss_fn=make_loss_fn(cfg, graphdef, mesh), param_shardings=shardings)
+    shapes = contrastive_batch_shapes(cfg, with_reasoning)
+    b, tq = shapes["q_ids"][0]
+    n, td = shapes["d_ids"][0]
+    description = (f"global batch {b} queries x {tq} tokens + {n} documents x {td} tokens"
+                   f"{' (prompt + reasoning)' if with_reasoning else ''}; remat {cfg.model.remat}; grad accumulation "
+                   f"{cfg.optimizer.grad_accum_steps}; GradCache chunk {cfg.loss.gradcache_chunk or 'off'}")
+    return [train_step_program(cfg, mesh, stage, shapes, contrastive_flops(cfg, with_reasoning), b * tq + n * td,
+                               description)]
+
+
+def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
+    """(rollout, whole step) analytic FLOPs of stage 3 over the global batch (our accounting; see docs/tpu.md).
+
+    R = queries x group_size rollouts with prompts padded to Tp and Tg = max_new_tokens + 1 generated slots; the
+    KV cache holds Tp + Tg positions and every decoding step attends over all of them (dense cache). Rollout =
+    prefill (R·Tp tokens) + decode (R·Tg tokens, logits at each). Step = rollout + the document pool (inference) +
+    the reference policy's teacher-forced pass when grpo.beta > 0 (inference) + grpo.inner_steps training passes over
+    the R prompt+generation sequences (logits at the Tg generated positions, rematerialised once by the chunked
+    log-prob scan).
+    """
+    from t1_jax.tpu import decoder_flops
+
+    m, g = cfg.model, cfg.grpo
+    rollouts = cfg.data.global_batch_size * g.group_size
+    n = cfg.data.global_batch_size * (1 + cfg.data.num_hard_negatives)
+    tp, td = grpo_lengths(cfg)
+    tg = cfg.sampling.max_new_tokens + 1
+    cache = tp + tg
+    rollout = _sum_flops(decoder_flops(m, rollouts * tp, cache, training=False, lm_head_tokens=rollouts),
+                         decoder_flops(m, rollouts * tg, cache, training=False, lm_head_tokens=rollouts * tg))
+    parts = [rollout, decoder_flops(m, n * td, td, training=False)]
+    if g.beta > 0:
+        parts.append(decoder_flops(m, rollouts * cache, cache, training=False, lm_head_tokens=rollouts * tg))
+    train = decoder_flops(m, rollouts * cache, cache, lm_head_tokens=rollouts * tg)
+    relogits = 2.0 * m.hidden_size * m.vocab_size * rollouts * tg
+    for _ in range(g.inner_steps):
+        parts.append(dataclasses.replace(train, recompute=train.recompute + relogits))
+    return rollout, _sum_flops(*parts)
+
+
+def grpo_lengths(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(prompt, document) padded lengths of stage 3's batches: the prompt has no ``<embtoken>``."""
+    from t1_jax.data.pipeline import bucket_length
+
+    t = cfg.text
+    return bucket_length(t.max_query_tokens, cfg.data.length_buckets), bucket_length(t.max_doc_tokens,
+                                                                                     cfg.data.length_buckets)
+
+
+def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
+    """Stage 3: the trainer's jitted GRPO step (rollout, pool, rewards, inner updates; built by
+    ``t1_jax.stages.build.grpo_step_fn``) and, separately, the rollout sampler alone."""
+    import jax
+    import numpy as np
+
+    from t1_jax.stages import build
+
+    step_builder = getattr(build, "grpo_step_fn", None)
+    if step_builder is None or "grpo" not in build.STAGE_BUILDERS:
+        raise StageNotAvailable("stage 3 (GRPO) not available yet: t1_jax.stages.build has no GRPO step builder "
+                                "(grpo_step_fn) in this checkout")
+    from t1_jax.stages.contrastive import model_functions
+    from t1_jax.stages.grpo import init_extra_fn
+    from t1_jax.trainer import TrainStage
+
+    g = cfg.grpo
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    stage = TrainStage(name="grpo", init_params=init_params, batches=None, step_fn=step_builder(cfg, graphdef),
+                       param_shardings=shardings, updates_per_step=g.inner_steps, init_extra=init_extra_fn(cfg))
+    b = cfg.data.global_batch_size
+    n = b * (1 + cfg.data.num_hard_negatives)
+    tp, td = grpo_lengths(cfg)
+    i32 = np.int32
+    shapes = {"q_ids": ((b, tp), i32), "q_valid": ((b, tp), i32), "q_loss": ((b, tp), i32), "d_ids": ((n, td), i32),
+              "d_valid": ((n, td), i32), "doc_keys": ((n,), i32), "pos_col": ((b,), i32),
+              "pos_keys": ((b, cfg.data.max_positives), i32)}
+    abstract_params = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(init_params, jax.ShapeDtypeStruct((2,), jax.numpy.uint32)), shardings)
+    frozen = {"ref": abstract_params} if g.beta > 0 else None
+    rollouts, tg = b * g.group_size, cfg.sampling.max_new_tokens + 1
+    rollout_flops, step_flops = grpo_flops(cfg)
+    description = (f"{b} queries x {g.group_size} rollouts, prompt {tp} + up to {tg} generated tokens; pool {n} "
+                   f"documents x {td}; {g.inner_steps} update(s); reference policy {'on' if g.beta > 0 else 'off'}; "
+                   f"remat {cfg.model.remat}")
+    step = train_step_program(cfg, mesh, stage, shapes, step_flops, rollouts * (tp + tg), description, frozen)
+
+    from t1_jax import mesh as mesh_lib
+
+    sample_fn = build.grpo_sample_fn(cfg, graphdef)
+    prompt_sharding = mesh_lib.logical_sharding(mesh, ("batch", None))
+    prompts = jax.ShapeDtypeStruct((rollouts, tp), i32, sharding=prompt_sharding)
+    rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
+    rollout = Program("rollout", jax.jit(sample_fn), (abstract_params, prompts, prompts, rng), rollout_flops,
+                      rollouts * tg, f"{rollouts} sequences: prefill {tp} + {tg} decoding steps (KV cache "
+                                     f"{tp + tg}); tokens = generated slots")
+    return [step, rollout]
+
+
+PROGRAMS: dict[str, Callable[[ExperimentConfig, Any], list[Program]]] = {
+    "contrastive": contrastive_programs,
+    "reasoning": contrastive_programs,
+    "grpo": grpo_programs,
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The check
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]] = None) -> CheckResult:
+    """Compile the configured stage's programs for ``topology``; see the module docstring. ``programs`` picks some
+    by name (default all). Raises ConfigError (bad mesh/batch), StageNotAvailable, RuntimeError (no libtpu)."""
+    from t1_jax import config as config_lib
+    from t1_jax.tpu import compile_report, parse_topology, roofline_seconds, topology_mesh
+
+    start = time.perf_counter()
+    spec = parse_topology(topology)
+    config_lib.validate(cfg, device_count=spec.chips)
+    if cfg.trainer.stage not in PROGRAMS:
+        raise ConfigError(f"compile check: no programs for trainer.stage {cfg.trainer.stage!r}; known: "
+                          f"{', '.join(PROGRAMS)}")
+    cfg = with_placeholder_tokens(cfg)
+    mesh = topology_mesh(topology, cfg.mesh)
+    built = PROGRAMS[cfg.trainer.stage](cfg, mesh)
+    if programs:
+        unknown = set(programs) - {p.name for p in built}
+        if unknown:
+            raise ConfigError(f"compile check: unknown program(s) {sorted(unknown)}; this stage has "
+                              f"{[p.name for p in built]}")
+        built = [p for p in built if p.name in programs]
+    results = []
+    from t1_jax import mesh as mesh_lib
+
+    for program in built:
+        log.info("lowering and compiling the %s for %s ...", program.name, spec.accelerator_type)
+        with mesh_lib.use_mesh(mesh):
+            memory, _ = compile_report(program.fn, program.args, chip=spec.chip)
+        log.info("compiled the %s in %.1f s", program.name, memory.compile_seconds)
+        seconds = roofline_seconds(program.flops.total, spec.chips, spec.chip.peak_bf16_flops)
+        results.append(ProgramResult(program.name, memory, program.flops, program.tokens, seconds,
+                                     program.description))
+    return CheckResult(cfg.name, cfg.trainer.stage, spec, dict(mesh.shape), tuple(results),
+                       time.perf_counter() - start)
