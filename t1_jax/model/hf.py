@@ -28,7 +28,7 @@ from t1_jax.config import ModelConfig, dtype as to_dtype
 from t1_jax.mesh import LOGICAL_RULES, Rules, logical_sharding
 from t1_jax.model import safetensors_io as st
 from t1_jax.model.presets import from_hf_config, to_hf_config
-from t1_jax.model.qwen3 import LAYER_AXES, Qwen3, abstract_model
+from t1_jax.model.qwen3 import Qwen3, abstract_model
 from t1_jax.model.sharding import logical_axes_of
 
 log = logging.getLogger(__name__)
