@@ -17,13 +17,12 @@ and 2 compile the train step; stage 3 the whole GRPO step (rollout included) and
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import time
 from typing import Any, Callable, Optional, Sequence
 
 from t1_jax.config import ConfigError, ExperimentConfig
-from t1_jax.tpu import FlopCount, GiB, MemoryReport, TopologySpec
+from t1_jax.tpu import FlopCount, MemoryReport, TopologySpec
 
 log = logging.getLogger(__name__)
 
