@@ -61,7 +61,8 @@ def stage_config(plan: Plan, tokenizer_dir: str, train_jsonl: str, stage: int, i
         model=plan.model,
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
         text=text_config(tokenizer_dir),
-        data=DataConfig(train_path=train_jsonl, global_batch_size=plan.batch, num_hard_negatives=1, seed=seed + stage),
+        data=DataConfig(train_path=train_jsonl, global_batch_size=plan.batch, num_hard_negatives=1, seed=seed + stage,
+                        length_buckets=(32, 48, 64, 96, 128)),  # the task's texts are short: pad little
         optimizer=OptimizerConfig(lr=plan.lrs[stage], warmup_steps=min(50, plan.steps[stage] // 10),
                                   weight_decay=0.0 if stage == 2 else 0.01),
         loss=ContrastiveConfig(temperature=0.05, sft_weight=1.0, ce_chunk_size=64),
