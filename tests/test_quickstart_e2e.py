@@ -4,12 +4,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from conftest import REPO
 
 
-@pytest.mark.slow  # several minutes on 2 cores: six model compilations (3 stages x train + encode) and ScaNN
 def test_quickstart_fast_writes_every_artifact(tmp_path):
     env = {**os.environ, "T1_NO_PROGRESS": "1"}
     env.pop("XLA_FLAGS", None)  # a user's laptop: one CPU device

@@ -40,7 +40,7 @@ class Plan:
 PLANS: dict[str, Plan] = {
     "full": Plan(task="full", model=ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
                                                 num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=512),
-                 batch=64, steps=(400, 900, 60), lrs=(2e-3, 1.5e-3, 2e-5), group_size=8, max_new_tokens=64,
+                 batch=64, steps=(300, 600, 40), lrs=(2e-3, 1.5e-3, 2e-5), group_size=8, max_new_tokens=64,
                  tokenizer_vocab=1024),
     "fast": Plan(task="fast", model=ModelConfig(vocab_size=896, hidden_size=64, intermediate_size=128, num_layers=2,
                                                 num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512),
