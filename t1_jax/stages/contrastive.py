@@ -29,15 +29,15 @@ from t1_jax.config import ConfigError, ExperimentConfig
 from t1_jax.logprobs import chunked_token_ce
 from t1_jax.mesh import batch_shard_count
 from t1_jax.model import Qwen3, abstract_model, param_shardings
+from t1_jax.sampler import positions_from_valid
 
 log = logging.getLogger(__name__)
 
 STAGES_WITH_REASONING = {"contrastive": False, "reasoning": True}
 
 
-def positions_from_valid(valid_bt: jax.Array) -> jax.Array:
-    """RoPE positions of right-padded rows: 0, 1, ... over real tokens (padding gets the last position)."""
-    return jnp.maximum(jnp.cumsum(valid_bt.astype(jnp.int32), axis=-1) - 1, 0)
+def l2_normalize(x_bd: jax.Array) -> jax.Array:
+    return x_bd / jnp.maximum(jnp.linalg.norm(x_bd, axis=-1, keepdims=True), 1e-6)
 
 
 def embed_last(model: Qwen3, ids_bt, valid_bt, normalize: bool):
@@ -45,9 +45,7 @@ def embed_last(model: Qwen3, ids_bt, valid_bt, normalize: bool):
     hidden_btd, _ = model(ids_bt, positions_from_valid(valid_bt), valid_bt)
     last_b = jnp.sum(valid_bt.astype(jnp.int32), axis=-1) - 1
     emb_bd = jnp.take_along_axis(hidden_btd, last_b[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    if normalize:
-        emb_bd = emb_bd / jnp.maximum(jnp.linalg.norm(emb_bd, axis=-1, keepdims=True), 1e-6)
-    return emb_bd, hidden_btd
+    return (l2_normalize(emb_bd) if normalize else emb_bd), hidden_btd
 
 
 def _reasoning_ce(model: Qwen3, hidden_btd, ids_bt, loss_bt, chunk: int):

@@ -31,7 +31,8 @@ from t1_jax import losses
 from t1_jax.config import ExperimentConfig
 from t1_jax.grpo import combined_reward, compute_advantages, labels_from_ids, policy_loss
 from t1_jax.logprobs import token_logprobs
-from t1_jax.stages.contrastive import embed_last, positions_from_valid
+from t1_jax.sampler import positions_from_valid
+from t1_jax.stages.contrastive import embed_last, l2_normalize
 from t1_jax.trainer import TrainState, apply_gradients
 
 
@@ -57,17 +58,13 @@ def layout(prompt_ids_bt, prompt_valid_bt, tokens_bg, lengths_b) -> Sequences:
     return Sequences(ids, valid, hidden_index, tp + lengths_b - 1, gen_mask)
 
 
-def _normalize(x_bd):
-    return x_bd / jnp.maximum(jnp.linalg.norm(x_bd, axis=-1, keepdims=True), 1e-6)
-
-
 def teacher_forced(model, seqs: Sequences, tokens_bg, temperature: float, chunk: int, normalize: bool):
     """(log-probs [B, Tg], entropies [B, Tg], <embtoken> embeddings [B, D]) of a sampled continuation."""
     hidden_btd, _ = model(seqs.ids_bt, positions_from_valid(seqs.valid_bt), seqs.valid_bt)
     h_gen = jnp.take_along_axis(hidden_btd, seqs.gen_hidden_index_bg[..., None], axis=1)
     logp, entropy = token_logprobs(h_gen, tokens_bg, model.logits, chunk, temperature)
     emb = jnp.take_along_axis(hidden_btd, seqs.emb_index_b[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    return logp, entropy, (_normalize(emb) if normalize else emb)
+    return logp, entropy, (l2_normalize(emb) if normalize else emb)
 
 
 def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Callable:
