@@ -374,6 +374,7 @@ class RetrievalConfig:
     reorder_k: int = 0
     brute_force_below: int = 20_000  # auto mode: exact brute force under this many documents
     leaves_fraction: float = 0.05  # auto num_leaves_to_search = max(20, fraction x num_leaves)
+    target_recall: float = 0.95  # tree_ah: grow the auto search settings until recall@10 vs exact reaches this
 
     def validate(self) -> list[str]:
         errors = []
@@ -381,6 +382,8 @@ class RetrievalConfig:
             errors.append(f"retrieval.brute_force_below must be >= 0, got {self.brute_force_below}")
         if not 0 < self.leaves_fraction <= 1:
             errors.append(f"retrieval.leaves_fraction must be in (0, 1], got {self.leaves_fraction}")
+        if not 0 <= self.target_recall <= 1:
+            errors.append(f"retrieval.target_recall must be in [0, 1] (0 = no tuning), got {self.target_recall}")
         for name in ("num_leaves", "num_leaves_to_search", "reorder_k"):
             if getattr(self, name) < 0:
                 errors.append(f"retrieval.{name} must be >= 0 (0 = automatic), got {getattr(self, name)}")

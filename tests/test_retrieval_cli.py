@@ -171,3 +171,21 @@ def test_store_to_index_and_exact_search(tmp_path):
     assert json.loads(open(tmp_path / "a.reasoning.jsonl").readline()) == {"id": "q0", "reasoning": "think 0"}
     assert main(["search", "--index", str(tmp_path / "idx"), "--query-embeddings", str(tmp_path / "q.jsonl"),
                  "--fingerprint", "other", "--out", str(tmp_path / "c.trec")]) == 1
+
+
+def test_index_tunes_on_given_query_embeddings(tmp_path, capsys):
+    _embeddings(tmp_path)
+    capsys.readouterr()
+    assert main(["index", "--embeddings", str(tmp_path / "docs.npy"), "--ids", str(tmp_path / "doc_ids.txt"),
+                 "--mode", "tree_ah", "--num-leaves", "12", "--tune-queries", str(tmp_path / "q.npy"),
+                 "--out", str(tmp_path / "idx")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tuning"]["source"] == "queries" and summary["tuning"]["num_queries"] == 20
+    assert summary["tuning"]["reached"] and summary["tuning"]["recall"] >= 0.95
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert meta["tuning"]["trials"] and meta["settings"]["target_recall"] == 0.95
+    np.save(tmp_path / "bad_q.npy", np.zeros((3, 5), np.float32))
+    assert main(["index", "--embeddings", str(tmp_path / "docs.npy"), "--ids", str(tmp_path / "doc_ids.txt"),
+                 "--mode", "tree_ah", "--tune-queries", str(tmp_path / "bad_q.npy"), "--out",
+                 str(tmp_path / "idx2")]) == 1
+    assert "bad_q.npy: expected [num_queries, 16] query embeddings, got shape (3, 5)" in capsys.readouterr().err

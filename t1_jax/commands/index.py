@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-leaves", type=int, default=None, help="tree leaves (0 = about sqrt(num_docs))")
     parser.add_argument("--leaves-to-search", type=int, default=None, help="leaves searched per query (0 = auto)")
     parser.add_argument("--reorder-k", type=int, default=None, help="candidates re-scored exactly (0 = auto)")
+    parser.add_argument("--target-recall", type=float, default=None,
+                        help="tree_ah: tune leaves searched / reorder_k at build time until recall@10 against exact "
+                             "search reaches this (default retrieval.target_recall = 0.95; 0 = no tuning)")
+    parser.add_argument("--tune-queries", default=None, metavar="Q.npy",
+                        help="query embeddings [m, dim] to tune on (default: 500 sampled documents, self excluded)")
     parser.add_argument("--no-normalize", action="store_true", help="index .npy embeddings as given (default: "
                         "L2-normalise rows, as the model's embeddings are)")
 
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise config_lib.ConfigError("; ".join(problems))
     settings = settings_from_config(cfg.retrieval)
     overrides = {"mode": args.mode, "num_leaves": args.num_leaves, "num_leaves_to_search": args.leaves_to_search,
-                 "reorder_k": args.reorder_k}
+                 "reorder_k": args.reorder_k, "target_recall": args.target_recall}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
     if args.store:
@@ -60,7 +65,17 @@ def run(args: argparse.Namespace) -> int:
             if (norms == 0).any():
                 raise ValueError(f"{args.embeddings}: row {int(np.argmin(norms[:, 0]))} is all zeros")
             emb_nd = emb_nd / norms
-    index = build_index(emb_nd, ids, args.out, fingerprint, settings)
-    print(json.dumps({"out": args.out, "num_docs": index.num_docs, "dim": index.dim,
-                      "build_seconds": index.meta["build_seconds"], "settings": index.meta["settings"]}, indent=2))
+    tune_queries = None
+    if args.tune_queries:
+        tune_queries = np.load(args.tune_queries).astype(np.float32)
+        if tune_queries.ndim != 2 or tune_queries.shape[1] != emb_nd.shape[1]:
+            raise ValueError(f"{args.tune_queries}: expected [num_queries, {emb_nd.shape[1]}] query embeddings, got "
+                             f"shape {tune_queries.shape}")
+    index = build_index(emb_nd, ids, args.out, fingerprint, settings, tune_queries=tune_queries)
+    summary = {"out": args.out, "num_docs": index.num_docs, "dim": index.dim,
+               "build_seconds": index.meta["build_seconds"], "settings": index.meta["settings"]}
+    if "tuning" in index.meta:
+        t = index.meta["tuning"]
+        summary["tuning"] = {key: t[key] for key in ("recall", "reached", "k", "num_queries", "source", "seconds")}
+    print(json.dumps(summary, indent=2))
     return 0

@@ -12,7 +12,10 @@ Defaults (our choices; each is an ``IndexSettings`` field, overridable from ``t1
 - otherwise a spherical k-means tree with about ``sqrt(n)`` leaves, searching ``leaves_fraction`` of them (at least 20),
   anisotropic hashing with 2 dimensions per 4-bit block (threshold 0.2, for unit-norm embeddings), then exact float32
   re-scoring of the best ``reorder_k`` candidates (default max(250, 10 k)). The recall/speed table behind these numbers
-  is in docs/benchmarks.md ("Search").
+  is in docs/benchmarks.md ("Search");
+- then, for tree-AH indices, the search is tuned to ``target_recall`` (0.95 recall@10 against exact search, measured
+  at build time on sampled documents or given queries; ``t1_jax.retrieval.tune``): leaves searched and re-scored
+  candidates grow from the size-based start until the target is met. Knobs set explicitly are left as set.
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ class IndexSettings:
     reorder_k: int = 0
     num_neighbors: int = 100  # default k baked into the searcher (search() may ask for any k)
     training_threads: int = 0  # 0 = all cores
+    target_recall: float = 0.95  # tree_ah: tune the search to this recall@10 at build time (0 = no tuning)
+    tune_queries: int = 500  # sampled documents used as tuning queries (when no query embeddings are given)
 
     def validate(self) -> list[str]:
         errors = []
@@ -60,6 +65,10 @@ class IndexSettings:
                 errors.append(f"index {name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.leaves_fraction <= 1:
             errors.append(f"index leaves_fraction must be in (0, 1], got {self.leaves_fraction}")
+        if not 0 <= self.target_recall <= 1:
+            errors.append(f"index target_recall must be in [0, 1] (0 = no tuning), got {self.target_recall}")
+        if self.tune_queries < 1:
+            errors.append(f"index tune_queries must be >= 1, got {self.tune_queries}")
         if self.dimensions_per_block <= 0 or self.num_neighbors <= 0:
             errors.append("index dimensions_per_block and num_neighbors must be positive")
         return errors
@@ -87,7 +96,7 @@ def settings_from_config(cfg) -> IndexSettings:
     """IndexSettings from a ``RetrievalConfig`` (``retrieval.index_mode``, ``num_leaves``, ...)."""
     return IndexSettings(mode=cfg.index_mode, num_leaves=cfg.num_leaves, num_leaves_to_search=cfg.num_leaves_to_search,
                          reorder_k=cfg.reorder_k, num_neighbors=cfg.top_k, brute_force_below=cfg.brute_force_below,
-                         leaves_fraction=cfg.leaves_fraction)
+                         leaves_fraction=cfg.leaves_fraction, target_recall=cfg.target_recall)
 
 
 def _builder(emb_nd: np.ndarray, s: IndexSettings):
@@ -157,8 +166,10 @@ class Index:
 
 
 def build_index(emb_nd, ids: Sequence[str], out_dir: Optional[str] = None, fingerprint: str = "",
-                settings: Optional[IndexSettings] = None) -> Index:
-    """Build a ScaNN index over ``emb_nd`` [n, d] (inner product); serialize it to ``out_dir`` when given."""
+                settings: Optional[IndexSettings] = None, tune_queries: Optional[np.ndarray] = None) -> Index:
+    """Build a ScaNN index over ``emb_nd`` [n, d] (inner product); serialize it to ``out_dir`` when given.
+
+    ``tune_queries`` [m, d]: query embeddings to tune the search on (default: sampled documents)."""
     import scann
 
     emb_nd = np.ascontiguousarray(emb_nd, dtype=np.float32)
@@ -173,7 +184,11 @@ def build_index(emb_nd, ids: Sequence[str], out_dir: Optional[str] = None, finge
         seen[x] = row
     if not np.isfinite(emb_nd).all():
         raise ValueError("index: embeddings contain NaN or infinite values")
-    resolved = (settings or IndexSettings()).resolve(emb_nd.shape[0])
+    requested = settings or IndexSettings()
+    resolved = requested.resolve(emb_nd.shape[0])
+    if tune_queries is not None and (np.ndim(tune_queries) != 2 or np.shape(tune_queries)[1] != emb_nd.shape[1]):
+        raise ValueError(f"index: tuning queries must be [num_queries, {emb_nd.shape[1]}], got shape "
+                         f"{np.shape(tune_queries)}")
     t0 = time.time()
     searcher = _builder(emb_nd, resolved).build()
     build_s = time.time() - t0
@@ -182,9 +197,26 @@ def build_index(emb_nd, ids: Sequence[str], out_dir: Optional[str] = None, finge
             "fingerprint": fingerprint, "settings": dataclasses.asdict(resolved),
             "scann_version": getattr(scann, "__version__", "unknown"), "build_seconds": round(build_s, 3)}
     index = Index(searcher, ids, meta)
+    tune_leaves, tune_reorder = requested.num_leaves_to_search == 0, requested.reorder_k == 0
+    if resolved.mode == "tree_ah" and resolved.target_recall > 0 and (tune_leaves or tune_reorder):
+        _tune(index, emb_nd, resolved, tune_queries, tune_leaves, tune_reorder)
     if out_dir:
         index.save(out_dir)
     return index
+
+
+def _tune(index: Index, emb_nd: np.ndarray, s: IndexSettings, queries, tune_leaves: bool, tune_reorder: bool) -> None:
+    from t1_jax.retrieval.tune import tune_search
+
+    t0 = time.time()
+    result = tune_search(index, emb_nd, s.target_recall, k=10, queries=queries, num_queries=s.tune_queries,
+                         tune_leaves=tune_leaves, tune_reorder=tune_reorder)
+    tuned = dataclasses.replace(s, num_leaves_to_search=result.num_leaves_to_search, reorder_k=result.reorder_k)
+    index.settings = tuned
+    index.meta["settings"] = dataclasses.asdict(tuned)
+    index.meta["tuning"] = dict(dataclasses.asdict(result), seconds=round(time.time() - t0, 3))
+    (log.info if result.reached else log.warning)("%s%s", result.summary(s.target_recall),
+                                                  "" if result.reached else " -- target NOT reached")
 
 
 def load_index(index_dir: str, expected_dim: Optional[int] = None,
