@@ -189,3 +189,21 @@ def test_index_tunes_on_given_query_embeddings(tmp_path, capsys):
                  "--mode", "tree_ah", "--tune-queries", str(tmp_path / "bad_q.npy"), "--out",
                  str(tmp_path / "idx2")]) == 1
     assert "bad_q.npy: expected [num_queries, 16] query embeddings, got shape (3, 5)" in capsys.readouterr().err
+
+
+def test_search_without_out_prints_top_results_with_texts(tmp_path, capsys):
+    docs, queries = _embeddings(tmp_path)
+    assert main(["index", "--embeddings", str(tmp_path / "docs.npy"), "--ids", str(tmp_path / "doc_ids.txt"),
+                 "--out", str(tmp_path / "idx")]) == 0
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": f"text of document {i}"}) + "\n"
+                                                   for i in range(60)))
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query-embeddings", str(tmp_path / "q.npy"),
+                 "--query-ids", str(tmp_path / "q_ids.txt"), "--k", "10", "--show", "2",
+                 "--corpus", str(tmp_path / "corpus.jsonl")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    best = int(np.argmax(queries[0] @ docs.T))
+    at = printed.index("q0: top 2")
+    assert printed[at + 1].split()[:3] == ["1.", f"{float(queries[0] @ docs[best]):.4f}", f"d{best}"]
+    assert printed[at + 1].endswith(f"text of document {best}") and printed[at + 2].lstrip().startswith("2.")
+    assert not list(tmp_path.glob("*.trec"))  # nothing written

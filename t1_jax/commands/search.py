@@ -89,7 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fingerprint", default=None, help="refuse an index built from another model")
     parser.add_argument("--k", type=int, default=None, help="documents per query (default: retrieval.top_k)")
     parser.add_argument("--tag", default="t1", help="run tag (last TREC column)")
-    parser.add_argument("--out", required=True, help="TREC run file to write")
+    parser.add_argument("--out", default=None, help="TREC run file to write (without it: print the top results)")
+    parser.add_argument("--show", type=int, default=5, help="results per query printed when there is no --out")
+    parser.add_argument("--corpus", default=None, help="documents (BEIR corpus.jsonl, BRIGHT jsonl/parquet) whose "
+                        "texts are printed beside the ids when there is no --out")
     parser.add_argument("--reasoning-out", default=None,
                         help="jsonl of {id, reasoning} per query (default: <out>.reasoning.jsonl)")
 
@@ -129,6 +132,24 @@ def write_reasoning(path: str, batch: QueryBatch) -> None:
             f.write(json.dumps({"id": qid, "reasoning": batch.reasoning.get(qid, "")}, ensure_ascii=False) + "\n")
 
 
+def _corpus_texts(path) -> dict:
+    if not path:
+        return {}
+    from t1_jax.data.readers import read_documents
+
+    return dict(read_documents(path))
+
+
+def print_results(run_: dict, query_ids: list, show: int, texts: dict) -> None:
+    """The top ``show`` documents per query: rank, score, id and (when known) text."""
+    for qid in query_ids:
+        print(f"{qid}: top {show}")
+        ranked = sorted(run_[qid].items(), key=lambda kv: -kv[1])[:show]
+        for rank, (doc_id, score) in enumerate(ranked, 1):
+            text = texts.get(doc_id, "")
+            print(f"  {rank:>3}. {score:8.4f}  {doc_id}" + (f"  {text[:100]}" if text else ""))
+
+
 def run(args: argparse.Namespace) -> int:
     from t1_jax import config as config_lib
     from t1_jax.retrieval.queries import search_to_run
@@ -143,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
     batch = QUERY_SOURCES[source](args)
     searcher = _searcher(args, int(batch.embeddings.shape[1]))
     run_ = search_to_run(searcher, batch.embeddings, batch.ids, k)
+    if not args.out:
+        print_results(run_, batch.ids, args.show, _corpus_texts(args.corpus))
+        return 0
     write_run(args.out, run_, tag=args.tag)
     reasoning_path = args.reasoning_out or os.path.splitext(args.out)[0] + ".reasoning.jsonl"
     write_reasoning(reasoning_path, batch)
