@@ -120,7 +120,7 @@ def phase_scann(args) -> dict:
 
     docs, queries = load(args)
     ref = np.load(os.path.join(args.workdir, "ref.npy"))
-    docs = np.ascontiguousarray(docs)  # ScaNN copies what it keeps; this copy is freed after the build
+    # the memmap goes in as is: ScaNN copies what it keeps, so the corpus is in memory once (plus page cache)
     index, build_s = best_of(lambda: build_index(docs, [str(i) for i in range(len(docs))],
                                                  settings=IndexSettings(num_neighbors=args.k)), repeats=1)
     del docs
@@ -233,26 +233,28 @@ def main():
     print("|---|---|---:|---:|---:|---:|")
     for result in (exact, scann, faiss_result):
         for system, setting, build, qps, rec in result["rows"]:
-            print(f"| {system} | {setting} | {build:.1f} | {qps:,.1f} | {rec:.3f} | {result.get('peak_rss_gib', 0):.1f} |")
+            rss = result.get("peak_rss_gib", 0)
+            print(f"| {system} | {setting} | {build:.1f} | {qps:,.1f} | {rec:.3f} | {rss:.1f} |")
     print()
 
-    def best_at_target(rows):
-        hits = [r for r in rows if r[4] >= args.target]
+    def best_at(rows, recall):
+        hits = [r for r in rows if r[4] >= recall]
         return max(hits, key=lambda r: r[3]) if hits else None
 
     qps_exact = exact["qps"]
     d = scann["default"]
     print(f"ScaNN default (tuned): recall@10 {d[4]:.3f}, {d[3] / qps_exact:.1f}x exact queries/s "
           f"(target: recall >= {args.target} and >= 10x)")
-    best_scann, best_faiss = best_at_target(scann["rows"]), best_at_target(faiss_result["rows"])
-    if best_scann:
-        print(f"ratio ScaNN/exact at recall >= {args.target}, best setting: {best_scann[3] / qps_exact:.1f}x "
-              f"({best_scann[1]}, recall {best_scann[4]:.3f})")
-    if best_faiss and d[4] >= args.target:
-        print(f"ratio ScaNN default / faiss best at recall >= {args.target}: {d[3] / best_faiss[3]:.2f}x "
-              f"(faiss {best_faiss[1]}, recall {best_faiss[4]:.3f}, {best_faiss[3]:,.1f} q/s)")
-    elif faiss_result["rows"]:
-        print(f"faiss never reached recall {args.target} in the sweep")
+    for recall in (args.target, 0.99):  # each system at its fastest setting that reaches the recall
+        best_scann, best_faiss = best_at(scann["rows"], recall), best_at(faiss_result["rows"], recall)
+        if best_scann:
+            print(f"recall >= {recall}: ScaNN best {best_scann[3]:,.1f} q/s ({best_scann[1]}, recall "
+                  f"{best_scann[4]:.3f}) = {best_scann[3] / qps_exact:.1f}x exact", end="")
+            if best_faiss:
+                print(f"; faiss best {best_faiss[3]:,.1f} q/s ({best_faiss[1]}, recall {best_faiss[4]:.3f}); "
+                      f"ScaNN/faiss {best_scann[3] / best_faiss[3]:.2f}x")
+            else:
+                print("; faiss never reached it" if faiss_result["rows"] else "")
     print(f"total wall time {time.time() - t_all:.0f}s")
 
 

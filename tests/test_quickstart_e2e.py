@@ -13,9 +13,11 @@ def test_quickstart_fast_writes_every_artifact(tmp_path):
     result = subprocess.run([sys.executable, "-m", "t1_jax.cli", "quickstart", "--fast", "--workdir", str(tmp_path)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
-    for line in ("stage1 (no reasoning)", "stage2 (reasoning)", "stage3 (reasoning)", "bm25", "t1 search"):
+    for line in ("stage1 (no reasoning)", "stage2 (reasoning)", "stage3 (reasoning)", "bm25", "t1 search",
+                 "seconds: task + tokenizer"):
         assert line in result.stdout
     results = json.load(open(tmp_path / "results.json"))
+    assert {"stage1 train", "stage2 eval", "stage3 train", "bm25"} <= set(results["timings"])
     assert [r["system"].split()[0] for r in results["rows"]] == ["stage1", "stage2", "stage3", "bm25"]
     for row in results["rows"]:
         assert 0.0 <= row["ndcg10"] <= 1.0 and 0.0 <= row["recall10"] <= 1.0

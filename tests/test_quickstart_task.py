@@ -1,6 +1,7 @@
 """The quickstart's synthetic task and tokenizer: determinism, no lexical shortcut, valid files, exact round trips."""
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -75,15 +76,17 @@ def test_teacher_reasoning_is_correct_arithmetic():
     assert (teacher_reasoning(Problem("mul_2x1", 37, 6))
             == "37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred twenty-two")
     assert teacher_reasoning(Problem("mul_2x1", 40, 6)) == "40 * 6 = 240, two hundred forty"
+    assert (teacher_reasoning(Problem("mul_2x1", 37, 6), compact=True)
+            == "37*6=30*6+7*6=180+42=222, two hundred twenty-two")
     stepwise = teacher_reasoning(Problem("mul_3x1", 237, 6), stepwise_sums=True)
     assert "1200 + 180 + 42 = 1380 + 42 = 1422" in stepwise
     for name, kind in KINDS.items():
         for p in kind.pool(name)[::37]:
-            for stepwise in (False, True):
-                trace = teacher_reasoning(p, stepwise)
+            for stepwise, compact in itertools.product((False, True), (False, True)):
+                trace = teacher_reasoning(p, stepwise, compact)
                 expressions, words_part = trace.rsplit(", ", 1)
                 # every side of the chain evaluates (independently, by Python) to the product
-                for side in expressions.split(" = "):
+                for side in expressions.split("=" if compact else " = "):
                     assert re.fullmatch(r"[\d *+]+", side) and eval(side) == p.a * p.b, (trace, side)  # noqa: S307
                 assert words_part == number_words(p.a * p.b) and answer_in_reasoning(trace) == p.a * p.b
 
@@ -134,7 +137,7 @@ def test_splits_labels_and_negatives_are_consistent(task):
         stated = re.sub(r"^(record \S+ holds |ledger \S+ shows |entry \S+: amount )", "", d.text)
         stated = re.sub(r", filed as \S+$", "", stated.rstrip("."))
         assert words_to_number(stated) == d.value, d.text
-    for q in task.train + task.test:
+    for q in task.train + task.test + task.grpo:
         answer = product_in_query(q.text)  # independent of the generator's bookkeeping
         assert task.doc(q.positive_id).value == answer
         assert all(task.doc(n).value != answer for n in q.negative_ids)
@@ -160,6 +163,7 @@ def test_difficulty_mix_follows_the_weights():
 
 
 def test_files_are_plain_jsonl_and_beir(task, files):
+    assert task.grpo == () and files.grpo_jsonl == files.train_jsonl  # no GRPO split: stage 3 uses train.jsonl
     train = read_jsonl(files.train_jsonl)
     assert len(train) == len(task.train)
     for row in train:
@@ -251,3 +255,18 @@ def test_prepare_writes_task_and_tokenizer(tmp_path):
     row = read_jsonl(prepared.files.train_jsonl)[0]
     enc = fmt.query_with_reasoning(row["query"], row["reasoning"])
     assert fmt.decode_reasoning(enc.ids[-sum(enc.loss_mask):]) == row["reasoning"]
+
+
+def test_grpo_split_is_disjoint_and_has_no_teacher_traces(tmp_path):
+    task = generate_task(dataclasses.replace(FAST, num_grpo=16))
+    pairs = {split: {(q.problem.a, q.problem.b) for q in getattr(task, split)} for split in ("train", "test", "grpo")}
+    assert len(pairs["grpo"]) == len(task.grpo) == 16
+    assert not pairs["grpo"] & (pairs["train"] | pairs["test"]) and not pairs["train"] & pairs["test"]
+    for q in task.grpo:  # every GRPO query's positive states its product; its negatives are near misses
+        assert task.doc(q.positive_id).value == q.problem.a * q.problem.b
+        assert all(task.doc(n).value in near_misses(q.problem) for n in q.negative_ids)
+    files = write_task(task, str(tmp_path / "t"))
+    rows = read_jsonl(files.grpo_jsonl)  # stage 3 sees queries and documents, never a teacher trace
+    assert files.grpo_jsonl.endswith("grpo.jsonl") and len(rows) == 16
+    assert all(set(row) == {"query", "positives", "negatives"} for row in rows)
+    assert json.load(open(files.meta_json))["num_grpo"] == 16

@@ -29,9 +29,11 @@ class Plan:
 
     task: str
     model: ModelConfig
-    batch: int
+    batches: tuple[int, int, int]  # queries per step: stage 1, stage 2, stage 3 (each sampled group_size times)
     steps: tuple[int, int, int]  # stage 1, 2, 3
+    negatives: tuple[int, int, int]  # hard negatives per query and step; in stage 3 they are the reward's near misses
     lrs: tuple[float, float, float]
+    sft_weight: float  # stage 2: weight of the teacher-trace cross-entropy next to InfoNCE
     group_size: int
     max_new_tokens: int
     tokenizer_vocab: int
@@ -40,12 +42,12 @@ class Plan:
 PLANS: dict[str, Plan] = {
     "full": Plan(task="full", model=ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
                                                 num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=512),
-                 batch=64, steps=(300, 600, 40), lrs=(2e-3, 1.5e-3, 2e-5), group_size=8, max_new_tokens=64,
-                 tokenizer_vocab=1024),
+                 batches=(64, 32, 16), steps=(100, 600, 40), negatives=(1, 1, 3), lrs=(2e-3, 3e-3, 2e-5), sft_weight=4.0,
+                 group_size=8, max_new_tokens=40, tokenizer_vocab=1024),
     "fast": Plan(task="fast", model=ModelConfig(vocab_size=896, hidden_size=64, intermediate_size=128, num_layers=2,
                                                 num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512),
-                 batch=16, steps=(12, 12, 2), lrs=(2e-3, 2e-3, 1e-5), group_size=4, max_new_tokens=48,
-                 tokenizer_vocab=1024),
+                 batches=(16, 16, 8), steps=(12, 12, 2), negatives=(1, 1, 3), lrs=(2e-3, 2e-3, 1e-5), sft_weight=4.0,
+                 group_size=4, max_new_tokens=40, tokenizer_vocab=1024),
 }
 
 STAGES = (("stage1", "contrastive"), ("stage2", "reasoning"), ("stage3", "grpo"))
@@ -61,17 +63,19 @@ def stage_config(plan: Plan, tokenizer_dir: str, train_jsonl: str, stage: int, i
         model=plan.model,
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
         text=text_config(tokenizer_dir),
-        data=DataConfig(train_path=train_jsonl, global_batch_size=plan.batch, num_hard_negatives=1, seed=seed + stage,
-                        length_buckets=(32, 48, 64, 96, 128)),  # the task's texts are short: pad little
+        data=DataConfig(train_path=train_jsonl, global_batch_size=plan.batches[stage],
+                        num_hard_negatives=plan.negatives[stage], seed=seed + stage,
+                        length_buckets=(24, 32, 48, 64, 96)),  # the task's texts are short: pad little
         optimizer=OptimizerConfig(lr=plan.lrs[stage], warmup_steps=min(50, plan.steps[stage] // 10),
                                   weight_decay=0.0 if stage == 2 else 0.01),
-        loss=ContrastiveConfig(temperature=0.05, sft_weight=1.0, ce_chunk_size=64),
-        sampling=SamplingConfig(max_new_tokens=plan.max_new_tokens, temperature=0.0, prompt_buckets=(64,)),
+        loss=ContrastiveConfig(temperature=0.05, sft_weight=plan.sft_weight, ce_chunk_size=64),
+        sampling=SamplingConfig(max_new_tokens=plan.max_new_tokens, temperature=0.0, prompt_buckets=(32, 48)),
         grpo=GRPOConfig(group_size=plan.group_size, rollout_temperature=1.0, beta=0.02,
-                        rewards=(("ndcg", 1.0), ("forced_penalty", 0.2)), aux_infonce_weight=0.5,
+                        rewards=(("ndcg", 1.0), ("forced_penalty", 0.2)), aux_infonce_weight=0.0,
                         logprob_chunk_size=64),
         trainer=TrainerConfig(stage=kind, num_steps=plan.steps[stage], seed=seed + stage, init_from=init_from,
-                              log_every=max(1, plan.steps[stage] // 10), checkpoint_every=max(1, plan.steps[stage] // 2),
+                              log_every=max(1, plan.steps[stage] // 10),
+                              checkpoint_every=max(1, plan.steps[stage] // 2),
                               keep_checkpoints=1),
         retrieval=RetrievalConfig(embedding_dtype="float32", encode_batch_size=64),
     )
@@ -132,10 +136,10 @@ def _bm25_row(task_dir: str) -> Row:
 
 
 def format_table(rows: list[Row]) -> str:
-    lines = [f"{'system':<28} {'nDCG@10':>8} {'R@10':>7} {'reasoning tokens':>17} {'seconds':>8}"]
+    """The results (no timings: the same seed prints the same table)."""
+    lines = [f"{'system':<28} {'nDCG@10':>8} {'R@10':>7} {'reasoning tokens':>17}"]
     for r in rows:
-        lines.append(f"{r.system:<28} {r.ndcg10:>8.4f} {r.recall10:>7.4f} {r.reasoning_tokens:>17.1f} "
-                     f"{r.seconds:>8.1f}")
+        lines.append(f"{r.system:<28} {r.ndcg10:>8.4f} {r.recall10:>7.4f} {r.reasoning_tokens:>17.1f}")
     return "\n".join(lines)
 
 
@@ -153,38 +157,46 @@ def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print) -> l
     tok_dir = os.path.join(workdir, "tokenizer")
     if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
         train_tokenizer(tokenizer_texts(task.texts(), text_config(tok_dir)), plan.tokenizer_vocab, tok_dir)
-    print_fn(f"task: {len(task.train)} training queries, {len(task.test)} held-out queries, {len(task.corpus)} "
-             f"documents -> {task_dir}")
+    print_fn(f"task: {len(task.train)} training queries ({len({q.problem for q in task.train})} distinct problems), "
+             f"{len(task.grpo)} GRPO queries, {len(task.test)} held-out queries, {len(task.corpus)} documents "
+             f"-> {task_dir}")
 
+    timings = {"task + tokenizer": time.time() - t_start}
     rows = []
     init_from = ""
     for stage, (name, kind) in enumerate(STAGES):
         stage_dir = os.path.join(workdir, name)
-        cfg = stage_config(plan, tok_dir, files.train_jsonl, stage, init_from, seed)
+        cfg = stage_config(plan, tok_dir, files.grpo_jsonl if kind == "grpo" else files.train_jsonl, stage, init_from,
+                           seed)
         t0 = time.time()
         if not os.path.isdir(os.path.join(stage_dir, build.MODEL_SUBDIR)):
             print_fn(f"{name} ({kind}): {plan.steps[stage]} steps")
             build.train(cfg, stage_dir)
-        print_fn(f"{name} trained in {time.time() - t0:.0f}s; evaluating")
+        timings[f"{name} train"] = time.time() - t0
+        print_fn(f"{name} trained in {timings[f'{name} train']:.0f}s; evaluating")
         row = _evaluate_model(stage_dir, os.path.join(workdir, "eval", name), task_dir, reasoning=stage > 0,
-                              batch=plan.batch)
+                              batch=64)
         row.system = f"{name} ({'reasoning' if stage else 'no reasoning'})"
+        timings[f"{name} eval"] = row.seconds
         rows.append(row)
         init_from = stage_dir
     rows.append(_bm25_row(task_dir))
+    timings["bm25"] = rows[-1].seconds
     table = format_table(rows)
     total = time.time() - t_start
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump({"variant": variant, "seed": seed, "seconds": round(total, 1),
+                   "timings": {k: round(v, 1) for k, v in timings.items()},
                    "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=2)
     print_fn("\n" + table)
-    print_fn(f"\ntotal wall time {total:.0f}s. Artifacts under {workdir}:")
+    print_fn("\nseconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print_fn(f"total wall time {total:.0f}s. Artifacts under {workdir}:")
     print_fn(f"  models       {workdir}/stage{{1,2,3}}/model   (checkpoints, tensorboard, config.json beside)")
     print_fn(f"  index        {workdir}/eval/stage3/index   runs + reasoning: {workdir}/eval/<stage>/run.trec, "
              f"reasoning.jsonl")
     print_fn("Search it yourself:")
     print_fn(f"  t1 search --checkpoint {workdir}/stage3 --index {workdir}/eval/stage3/index "
-             f"--query \"what is 47 times 8?\"")
+             f"--corpus {task_dir}/beir/corpus.jsonl --query \"what is 47 times 8?\"")
     return rows
 
 

@@ -97,11 +97,13 @@ KINDS: dict[str, ProblemKind] = {
 }
 
 
-def teacher_reasoning(problem: Problem, stepwise_sums: bool = False) -> str:
+def teacher_reasoning(problem: Problem, stepwise_sums: bool = False, compact: bool = False) -> str:
     """Place-value expansion, partial products, their sum, then the answer in the documents' words.
 
     ``37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred twenty-two``; ``stepwise_sums`` adds the running sums of
-    three or more partial products one at a time (easier)."""
+    three or more partial products one at a time (easier); ``compact`` drops the spaces around numbers and operators
+    (``37*6=30*6+7*6=180+42=222, two hundred twenty-two``): digits are single tokens and a space before a number is
+    a token of its own, so the compact trace is ~30% shorter (39 -> 28 tokens here) at the same content."""
     a, b = problem.a, problem.b
     digits = str(a)
     parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
@@ -114,7 +116,10 @@ def teacher_reasoning(problem: Problem, stepwise_sums: bool = False) -> str:
             products = [products[0] + products[1]] + products[2:]
             steps.append(" + ".join(str(p) for p in products))
     steps.append(str(a * b))
-    return " = ".join(steps) + ", " + number_words(a * b)
+    trace = " = ".join(steps)
+    if compact:
+        trace = trace.replace(" ", "")
+    return trace + ", " + number_words(a * b)
 
 
 def answer_in_reasoning(text: str) -> Optional[int]:
@@ -140,17 +145,19 @@ class TaskConfig:
     seed: int = 0
     num_train: int = 6000  # mul_2x1 has only 600 trainable pairs (cycled); more distinct mul_3x1 pairs help
     num_test: int = 200
+    num_grpo: int = 0  # distinct problems reserved for stage 3 (GRPO): in neither the training nor the held-out split
     kinds: tuple[tuple[str, float], ...] = (("mul_2x1", 0.7), ("mul_3x1", 0.3))
     num_hard_negatives: int = 3
     num_distractor_docs: int = 300  # extra documents for numbers no query asks about
     stepwise_sums: bool = False
+    compact_traces: bool = True  # "37*6=30*6+7*6=180+42=222, ..." (see teacher_reasoning)
 
     def validate(self) -> list[str]:
         errors = []
         if self.num_train < 1 or self.num_test < 1:
             errors.append(f"num_train and num_test must be >= 1, got {self.num_train}, {self.num_test}")
-        if self.num_hard_negatives < 0 or self.num_distractor_docs < 0:
-            errors.append("num_hard_negatives and num_distractor_docs must be >= 0")
+        if self.num_hard_negatives < 0 or self.num_distractor_docs < 0 or self.num_grpo < 0:
+            errors.append("num_hard_negatives, num_distractor_docs and num_grpo must be >= 0")
         if not self.kinds or any(w <= 0 for _, w in self.kinds):
             errors.append(f"kinds must be (name, positive weight) pairs, got {self.kinds}")
         for name, _ in self.kinds:
@@ -159,9 +166,9 @@ class TaskConfig:
         return errors
 
 
-PRESETS: dict[str, TaskConfig] = {
-    "full": TaskConfig(),
-    "fast": TaskConfig(num_train=256, num_test=32, num_distractor_docs=32),
+PRESETS: dict[str, TaskConfig] = {  # the quickstart's presets: two-digit x one-digit only (see docs/quickstart.md)
+    "full": TaskConfig(num_test=160, kinds=(("mul_2x1", 1.0),)),
+    "fast": TaskConfig(num_train=256, num_test=32, num_distractor_docs=32, kinds=(("mul_2x1", 1.0),)),
 }
 
 
@@ -188,6 +195,7 @@ class Task:
     corpus: tuple[Document, ...]
     train: tuple[Query, ...]
     test: tuple[Query, ...]
+    grpo: tuple[Query, ...] = ()  # stage-3 queries (problems in neither train nor test); no teacher trace is used
 
     def doc(self, doc_id: str) -> Document:
         return self._by_id()[doc_id]
@@ -204,7 +212,7 @@ class Task:
         """Every text a model of this task reads (for training its tokenizer)."""
         for d in self.corpus:
             yield d.text
-        for q in self.train + self.test:
+        for q in self.train + self.test + self.grpo:
             yield q.text
             yield q.reasoning
 
@@ -239,22 +247,26 @@ def generate_task(cfg: TaskConfig = TaskConfig()) -> Task:
     if errors:
         raise ValueError("invalid quickstart task config: " + "; ".join(errors))
     rng = random.Random(cfg.seed)
-    test_problems, train_problems = [], []
-    for (name, _), n_test, n_train in zip(cfg.kinds, _split_counts(cfg.num_test, cfg.kinds),
-                                           _split_counts(cfg.num_train, cfg.kinds)):
+    test_problems, grpo_problems, train_problems = [], [], []
+    for (name, _), n_test, n_grpo, n_train in zip(cfg.kinds, _split_counts(cfg.num_test, cfg.kinds),
+                                                  _split_counts(cfg.num_grpo, cfg.kinds),
+                                                  _split_counts(cfg.num_train, cfg.kinds)):
         pool = KINDS[name].pool(name)
         rng.shuffle(pool)
-        if n_test >= len(pool):
-            raise ValueError(f"{name} has {len(pool)} distinct problems; {n_test} held-out ones leave none to train on")
+        if n_test + n_grpo >= len(pool):
+            raise ValueError(f"{name} has {len(pool)} distinct problems; {n_test} held-out and {n_grpo} GRPO ones "
+                             f"leave none to train on")
         test_problems += pool[:n_test]
-        rest = pool[n_test:]  # train on unseen-by-test pairs; cycle (with new phrasings) when asked for more
+        grpo_problems += pool[n_test:n_test + n_grpo]
+        rest = pool[n_test + n_grpo:]  # train on pairs unseen by the other splits; cycle (new phrasings) for more
         train_problems += [rest[i % len(rest)] for i in range(n_train)]
     rng.shuffle(train_problems)
+    rng.shuffle(grpo_problems)
     rng.shuffle(test_problems)  # kinds interleaved, so any prefix of the held-out split is a fair sample
 
-    values = {p.answer for p in test_problems + train_problems}
+    values = {p.answer for p in test_problems + grpo_problems + train_problems}
     misses = {p: rng.sample(near_misses(p), min(cfg.num_hard_negatives, len(near_misses(p))))
-              for p in dict.fromkeys(train_problems)}  # ordered: set order would vary with the hash seed
+              for p in dict.fromkeys(train_problems + grpo_problems)}  # ordered: set order varies with the hash seed
     for p in test_problems:  # the corpus holds near misses of held-out answers too, so exactness matters
         values.update(near_misses(p)[:6])
     for negatives in misses.values():
@@ -272,12 +284,13 @@ def generate_task(cfg: TaskConfig = TaskConfig()) -> Task:
 
     def make(prefix: str, i: int, p: Problem, negatives: Sequence[int]) -> Query:
         text = rng.choice(QUERY_TEMPLATES).format(a=p.a, b=p.b)
-        return Query(f"{prefix}{i:05d}", text, p, teacher_reasoning(p, cfg.stepwise_sums), doc_of[p.answer],
-                     tuple(doc_of[v] for v in negatives))
+        trace = teacher_reasoning(p, cfg.stepwise_sums, cfg.compact_traces)
+        return Query(f"{prefix}{i:05d}", text, p, trace, doc_of[p.answer], tuple(doc_of[v] for v in negatives))
 
     train = tuple(make("train", i, p, misses[p]) for i, p in enumerate(train_problems))
     test = tuple(make("test", i, p, ()) for i, p in enumerate(test_problems))
-    return Task(cfg, corpus, train, test)
+    grpo = tuple(make("grpo", i, p, misses[p]) for i, p in enumerate(grpo_problems))
+    return Task(cfg, corpus, train, test, grpo)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -292,6 +305,7 @@ class TaskFiles:
     beir_dir: str
     heldout_jsonl: str
     meta_json: str
+    grpo_jsonl: str  # stage-3 queries: grpo.jsonl when the task reserves GRPO problems, else train.jsonl
 
 
 def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
@@ -306,8 +320,14 @@ def write_task(task: Task, out_dir: str) -> TaskFiles:
     """Write the task in the formats the real pipelines read (training jsonl, BEIR layout)."""
     beir = os.path.join(out_dir, "beir")
     os.makedirs(os.path.join(beir, "qrels"), exist_ok=True)
-    files = TaskFiles(out_dir, os.path.join(out_dir, "train.jsonl"), beir, os.path.join(out_dir, "heldout.jsonl"),
-                      os.path.join(out_dir, "task.json"))
+    train_jsonl = os.path.join(out_dir, "train.jsonl")
+    files = TaskFiles(out_dir, train_jsonl, beir, os.path.join(out_dir, "heldout.jsonl"),
+                      os.path.join(out_dir, "task.json"),
+                      os.path.join(out_dir, "grpo.jsonl") if task.grpo else train_jsonl)
+    if task.grpo:  # queries and their documents only: stage 3 samples its own reasoning
+        _write_jsonl(files.grpo_jsonl, [
+            {"query": q.text, "positives": [task.doc(q.positive_id).text],
+             "negatives": [task.doc(d).text for d in q.negative_ids]} for q in task.grpo])
     _write_jsonl(files.train_jsonl, [
         {"query": q.text, "positives": [task.doc(q.positive_id).text],
          "negatives": [task.doc(d).text for d in q.negative_ids], "reasoning": q.reasoning} for q in task.train])
@@ -321,9 +341,9 @@ def write_task(task: Task, out_dir: str) -> TaskFiles:
     _write_jsonl(files.heldout_jsonl, [
         {"query_id": q.query_id, "query": q.text, "kind": q.problem.kind, "answer": q.problem.answer,
          "answer_words": number_words(q.problem.answer), "reasoning": q.reasoning} for q in task.test])
-    kinds = sorted({q.problem.kind for q in task.train + task.test})
+    kinds = sorted({q.problem.kind for q in task.train + task.test + task.grpo})
     meta = {"config": dataclasses.asdict(task.cfg), "num_docs": len(task.corpus), "num_train": len(task.train),
-            "num_test": len(task.test),
+            "num_test": len(task.test), "num_grpo": len(task.grpo),
             "test_by_kind": {k: sum(q.problem.kind == k for q in task.test) for k in kinds},
             "train_by_kind": {k: sum(q.problem.kind == k for q in task.train) for k in kinds}}
     with open(files.meta_json, "w", encoding="utf-8") as f:
