@@ -14,7 +14,7 @@ recall target). Queries are documents plus noise.
 Each system runs in its own subprocess, one after the other, so at most one in-memory copy of the corpus exists
 besides the page cache and each system's peak RSS is its own: 1M x 2,560 float32 (9.5 GiB per copy) fits 24 GiB.
 
-    python benchmarks/bench_search.py                               # 1M x 2560, 1000 queries (~25 min on 2 cores)
+    python benchmarks/bench_search.py                               # 1M x 2560, 1000 queries (~13 min on 2 cores)
     python benchmarks/bench_search.py --n 100000                    # 100k
     python benchmarks/bench_search.py --n 20000 --dim 256           # quick
 """

@@ -105,6 +105,27 @@ t1_common_flag() {
   esac
 }
 
+# The scripts that only name a slice (delete.sh, status.sh): their flags' help block and their parser.
+t1_slice_flags_help() {
+  cat <<'HELP'
+
+Flags (environment variable in brackets):
+  --project P       Google Cloud project [T1_TPU_PROJECT]
+  --zone Z          zone [T1_TPU_ZONE]
+  --name N          queued-resource id [T1_TPU_NAME]
+  --dry-run         print the gcloud command and run nothing
+  -h, --help        this help
+HELP
+}
+
+t1_parse_slice_flags() {
+  while [[ $# -gt 0 ]]; do
+    t1_common_flag "project zone name" "$@" || t1_die "unknown flag --${T1_FLAG_KEY} (see --help)"
+    shift "${T1_SHIFT}"
+  done
+  t1_check_slice
+}
+
 t1_require_int() {  # name value
   [[ $2 =~ ^[0-9]+$ ]] || t1_die "--$1 must be a non-negative integer, got '$2'"
 }

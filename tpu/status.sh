@@ -10,21 +10,11 @@ Usage: tpu/status.sh --project P --zone Z --name N [--dry-run]
 
 Print the queued resource's state: ACCEPTED, WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE, SUSPENDING, SUSPENDED,
 FAILED, DELETING, or NOT_FOUND when it does not exist.
-
-Flags (environment variable in brackets):
-  --project P       Google Cloud project [T1_TPU_PROJECT]
-  --zone Z          zone [T1_TPU_ZONE]
-  --name N          queued-resource id [T1_TPU_NAME]
-  --dry-run         print the gcloud command and run nothing
-  -h, --help        this help
 USAGE
+  t1_slice_flags_help
 }
 
-while [[ $# -gt 0 ]]; do
-  t1_common_flag "project zone name" "$@" || t1_die "unknown flag --${T1_FLAG_KEY} (see --help)"
-  shift "${T1_SHIFT}"
-done
-t1_check_slice
+t1_parse_slice_flags "$@"
 
 if ((DRY_RUN)); then
   t1_qr_describe_cmd
