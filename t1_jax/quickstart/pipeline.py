@@ -42,15 +42,16 @@ class Plan:
 PLANS: dict[str, Plan] = {
     "full": Plan(task="full", model=ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
                                                 num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=512),
-                 batches=(64, 32, 16), steps=(100, 600, 40), negatives=(1, 1, 3), lrs=(2e-3, 3e-3, 2e-5), sft_weight=4.0,
-                 group_size=8, max_new_tokens=40, tokenizer_vocab=1024),
+                 batches=(64, 32, 16), steps=(100, 600, 40), negatives=(1, 1, 3), lrs=(2e-3, 3e-3, 2e-5),
+                 sft_weight=4.0, group_size=8, max_new_tokens=40, tokenizer_vocab=1024),
     "fast": Plan(task="fast", model=ModelConfig(vocab_size=896, hidden_size=64, intermediate_size=128, num_layers=2,
                                                 num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512),
-                 batches=(16, 16, 8), steps=(12, 12, 2), negatives=(1, 1, 3), lrs=(2e-3, 2e-3, 1e-5), sft_weight=4.0,
-                 group_size=4, max_new_tokens=40, tokenizer_vocab=1024),
+                 batches=(16, 16, 8), steps=(12, 12, 2), negatives=(1, 1, 3), lrs=(2e-3, 2e-3, 1e-5),
+                 sft_weight=4.0, group_size=4, max_new_tokens=40, tokenizer_vocab=1024),
 }
 
 STAGES = (("stage1", "contrastive"), ("stage2", "reasoning"), ("stage3", "grpo"))
+EVAL_BATCH = 64  # documents / queries per encoding step in the evaluation
 
 
 def stage_config(plan: Plan, tokenizer_dir: str, train_jsonl: str, stage: int, init_from: str,
@@ -175,7 +176,7 @@ def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print) -> l
         timings[f"{name} train"] = time.time() - t0
         print_fn(f"{name} trained in {timings[f'{name} train']:.0f}s; evaluating")
         row = _evaluate_model(stage_dir, os.path.join(workdir, "eval", name), task_dir, reasoning=stage > 0,
-                              batch=64)
+                              batch=EVAL_BATCH)
         row.system = f"{name} ({'reasoning' if stage else 'no reasoning'})"
         timings[f"{name} eval"] = row.seconds
         rows.append(row)

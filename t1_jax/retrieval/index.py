@@ -198,7 +198,8 @@ def build_index(emb_nd, ids: Sequence[str], out_dir: Optional[str] = None, finge
             "scann_version": getattr(scann, "__version__", "unknown"), "build_seconds": round(build_s, 3)}
     index = Index(searcher, ids, meta)
     tune_leaves, tune_reorder = requested.num_leaves_to_search == 0, requested.reorder_k == 0
-    if resolved.mode == "tree_ah" and resolved.target_recall > 0 and (tune_leaves or tune_reorder):
+    tunable = resolved.mode == "tree_ah" and resolved.target_recall > 0 and emb_nd.shape[0] > 1
+    if tunable and (tune_leaves or tune_reorder):
         _tune(index, emb_nd, resolved, tune_queries, tune_leaves, tune_reorder)
     if out_dir:
         index.save(out_dir)
