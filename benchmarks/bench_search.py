@@ -77,11 +77,6 @@ def load(args):
     return docs, queries
 
 
-def recall_at(rows, ref):
-    k = ref.shape[1]
-    return float(np.mean([len(set(a[:k].tolist()) & set(b.tolist())) / k for a, b in zip(rows, ref)]))
-
-
 def best_of(fn, repeats=2):
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -117,6 +112,7 @@ def phase_exact(args) -> dict:
 
 def phase_scann(args) -> dict:
     from t1_jax.retrieval.index import IndexSettings, build_index
+    from t1_jax.retrieval.tune import recall_at_k
 
     docs, queries = load(args)
     ref = np.load(os.path.join(args.workdir, "ref.npy"))
@@ -137,7 +133,7 @@ def phase_scann(args) -> dict:
                                                            reorder_k=reorder))
         default = leaves == s.num_leaves_to_search
         row = ["ScaNN tree-AH+reorder", f"leaves={leaves}" + (" (default, tuned)" if default else ""), build_s,
-               len(queries) / t, recall_at(got, ref)]
+               len(queries) / t, recall_at_k(got, ref)]
         out["rows"].append(row)
         if default:
             out["default"] = row
@@ -146,6 +142,8 @@ def phase_scann(args) -> dict:
 
 def phase_faiss(args) -> dict:
     import faiss
+
+    from t1_jax.retrieval.tune import recall_at_k
 
     docs, queries = load(args)
     ref = np.load(os.path.join(args.workdir, "ref.npy"))
@@ -169,7 +167,7 @@ def phase_faiss(args) -> dict:
         ivf.nprobe = nprobe
         (_, got), t = best_of(lambda: ivf.search(queries, args.k))
         rows.append([f"faiss {faiss.__version__} IVF-flat (nlist={nlist}, spherical)", f"nprobe={nprobe}", build_s,
-                     len(queries) / t, recall_at(got, ref)])
+                     len(queries) / t, recall_at_k(got, ref)])
     return {"rows": rows}
 
 

@@ -47,6 +47,9 @@ def exact_top_k(q_md: np.ndarray, emb_nd: np.ndarray, k: int, exclude_rows: Opti
                 block: int = 65_536) -> np.ndarray:
     """Row indices [m, k] of the k largest inner products per query (float32 scan in blocks of documents).
 
+    numpy, not ``ExactIndex``: it runs while ScaNN holds its copy of the corpus, and a JAX copy on top would double
+    the memory of a 1M x 2560 build; blocks also read a memory-mapped corpus without loading it whole.
+
     ``exclude_rows[i]`` (when given) is a document row that query ``i`` must not return (its own row)."""
     m = q_md.shape[0]
     best_s = np.full((m, k), -np.inf, np.float32)
