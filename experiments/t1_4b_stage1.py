@@ -13,7 +13,8 @@ run picks its own row), else v5p-8. Any value can still be changed with `--set` 
 Inputs: `t1 convert hf-to-t1 <Qwen3-4B-Instruct-2507 download> models/qwen3-4b-instruct-2507` (trainer.init_from;
 its tokenizer folder is text.tokenizer) and a jsonl of (query, positives, negatives) at data.train_path.
 Sequence budgets (tokens): query prompt 256 (+1 <embtoken>, padded to 320), document 512 (with <embtoken>).
-Numerics: bf16 parameters and compute (the preset), AdamW moments in the parameter dtype, full per-layer remat.
+Numerics (docs/training.md, Precision): float32 master parameters and AdamW moments, bfloat16 matmuls and
+activations, float32 weight gradients and their reductions, full per-layer remat.
 """
 import dataclasses
 
@@ -28,7 +29,7 @@ DEFAULT_TOPOLOGY = "v5p-8"
 # Measured (docs/tpu.md): without GradCache, 512 queries on v5p-8 need 96.3 GiB per chip (over by 1.3 GiB), so the
 # rows whose whole batch would not fit embed it in GradCache chunks (loss.gradcache_chunk; +1 forward pass of cost).
 LAYOUTS = {
-    "v4-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=256, gradcache_chunk=64),
+    "v4-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=256, gradcache_chunk=32),
     "v4-32": PodLayout(data=2, fsdp=8, tensor=1, global_batch_size=1024, gradcache_chunk=256),
     "v5litepod-16": PodLayout(data=1, fsdp=16, tensor=1, global_batch_size=256, gradcache_chunk=128),
     "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=512, gradcache_chunk=256),
@@ -40,7 +41,7 @@ def base_config() -> ExperimentConfig:
     return ExperimentConfig(
         name="t1-4b-stage1",
         model=dataclasses.replace(preset("qwen3-4b-instruct-2507"), remat="full", scan_layers=True,
-                                  param_dtype="bfloat16", compute_dtype="bfloat16"),
+                                  param_dtype="float32", compute_dtype="bfloat16"),
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
         text=TextConfig(tokenizer="models/qwen3-4b-instruct-2507/tokenizer", max_query_tokens=256,
                         max_doc_tokens=512, max_reasoning_tokens=512),

@@ -8,7 +8,8 @@ Slice selection as in t1_4b_stage1.py: `$T1_TOPOLOGY`, else `$TPU_ACCELERATOR_TY
 any value afterwards (mesh.*, data.global_batch_size, loss.gradcache_chunk, optimizer.grad_accum_steps ...).
 Inputs: the stage-1 workdir (trainer.init_from; its model/ folder) and a jsonl with teacher reasoning per query.
 Sequence budgets (tokens): query prompt 256 + reasoning 512 + <embtoken> (padded to 832), document 512.
-Numerics: bf16 parameters and compute, full per-layer remat, chunked (128-token) vocabulary cross-entropy.
+Numerics (docs/training.md, Precision): float32 master parameters and AdamW moments, bfloat16 compute, full
+per-layer remat, chunked (128-token) vocabulary cross-entropy.
 """
 import dataclasses
 
@@ -19,7 +20,7 @@ from t1_jax.model.presets import preset
 
 DEFAULT_TOPOLOGY = "v5p-8"
 LAYOUTS = {
-    "v4-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=128, gradcache_chunk=32),
+    "v4-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=128, gradcache_chunk=16),
     "v4-32": PodLayout(data=2, fsdp=8, tensor=1, global_batch_size=512, gradcache_chunk=128),
     "v5litepod-16": PodLayout(data=1, fsdp=16, tensor=1, global_batch_size=128, gradcache_chunk=64),
     "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=256),
@@ -31,7 +32,7 @@ def base_config() -> ExperimentConfig:
     return ExperimentConfig(
         name="t1-4b-stage2",
         model=dataclasses.replace(preset("qwen3-4b-instruct-2507"), remat="full", scan_layers=True,
-                                  param_dtype="bfloat16", compute_dtype="bfloat16"),
+                                  param_dtype="float32", compute_dtype="bfloat16"),
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
         text=TextConfig(tokenizer="runs/t1-4b-stage1/model/tokenizer", max_query_tokens=256, max_doc_tokens=512,
                         max_reasoning_tokens=512),

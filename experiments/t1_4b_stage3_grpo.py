@@ -9,7 +9,9 @@ Slice selection as in t1_4b_stage1.py: `$T1_TOPOLOGY`, else `$TPU_ACCELERATOR_TY
 afterwards. `t1 compile-check --config experiments/t1_4b_stage3_grpo.py --topology v5p-8` compiles the whole GRPO
 step (rollout, pool, rewards, update, reference policy) and the rollout sampler alone (numbers in docs/tpu.md).
 Sequence budgets (tokens): query prompt 256, sampled reasoning 512 (sampling.max_new_tokens) + <embtoken>,
-document 512. Numerics: bf16 parameters and compute, full per-layer remat, 128-token log-prob chunks.
+document 512. Numerics (docs/training.md, Precision): float32 master parameters and AdamW moments, bfloat16
+compute, a bfloat16 copy of the policy for the rollout and a bfloat16 reference policy, full per-layer remat,
+128-token log-prob chunks.
 """
 import dataclasses
 
@@ -33,7 +35,7 @@ def base_config() -> ExperimentConfig:
     return ExperimentConfig(
         name="t1-4b-stage3-grpo",
         model=dataclasses.replace(preset("qwen3-4b-instruct-2507"), remat="full", scan_layers=True,
-                                  param_dtype="bfloat16", compute_dtype="bfloat16"),
+                                  param_dtype="float32", compute_dtype="bfloat16"),
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
         text=TextConfig(tokenizer="runs/t1-4b-stage2/model/tokenizer", max_query_tokens=256, max_doc_tokens=512,
                         max_reasoning_tokens=512),

@@ -324,7 +324,9 @@ def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
     abstract_params = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         jax.eval_shape(init_params, jax.ShapeDtypeStruct((2,), jax.numpy.uint32)), shardings)
-    frozen = {"ref": abstract_params} if g.beta > 0 else None
+    compute = jax.numpy.dtype(cfg.model.compute_dtype)  # the trainer keeps the reference in the compute dtype
+    frozen = {"ref": jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, compute, sharding=a.sharding),
+                                            abstract_params)} if g.beta > 0 else None
     rollouts, tg = b * g.group_size, cfg.sampling.max_new_tokens + 1
     rollout_flops, step_flops = grpo_flops(cfg)
     description = (f"{b} queries x {g.group_size} rollouts, prompt {tp} + up to {tg} generated tokens; pool {n} "
@@ -364,7 +366,7 @@ def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]
 
     start = time.perf_counter()
     spec = parse_topology(topology)
-    config_lib.validate(cfg, device_count=spec.chips)
+    config_lib.validate(cfg, device_count=spec.chips, training=True)
     if cfg.trainer.stage not in PROGRAMS:
         raise ConfigError(f"compile check: no programs for trainer.stage {cfg.trainer.stage!r}; known: "
                           f"{', '.join(PROGRAMS)}")

@@ -46,13 +46,20 @@ __all__ = ["ConfigError", "ContrastiveConfig", "DataConfig", "EvalConfig", "Expe
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def validate(cfg: ExperimentConfig, device_count: Optional[int] = None) -> ExperimentConfig:
-    """Raise ConfigError (all problems, one per line) or return ``cfg``; checks the mesh against ``device_count``."""
+def validate(cfg: ExperimentConfig, device_count: Optional[int] = None, training: bool = False) -> ExperimentConfig:
+    """Raise ConfigError (all problems, one per line) or return ``cfg``; checks the mesh against ``device_count``.
+
+    ``training``: the config is about to train (``t1 train``, ``t1 compile-check``), so its master weights must be
+    able to hold the optimizer's updates (``t1_jax.precision_policy``)."""
+    from t1_jax.precision_policy import master_weight_problems
+
     errors: list[str] = []
     for field in dataclasses.fields(cfg):
         section = getattr(cfg, field.name)
         if dataclasses.is_dataclass(section):
             errors.extend(section.validate())
+    if training:
+        errors.extend(master_weight_problems(cfg.model.param_dtype, cfg.optimizer.lr))
     if device_count is not None and not cfg.mesh.validate():
         try:
             cfg.mesh.resolve(device_count)

@@ -128,7 +128,13 @@ class Encoder:
                                  if os.path.isdir(os.path.join(model_path, "tokenizer")) else config.text.tokenizer)
         text_cfg: TextConfig = dataclasses.replace(config.text, tokenizer=tok_path)
         formatter = T1Formatter(load_tokenizer(tok_path, text_cfg.emb_token), text_cfg)
-        model = load_model(model_path, mesh=mesh, cfg_overrides=cfg_overrides)
+        # Inference updates nothing: parameters are held in the compute dtype (a trained model's float32 masters are
+        # cast on restore), unless cfg_overrides says otherwise.
+        from t1_jax.model.params_io import load_config as load_model_config
+
+        overrides = dict(cfg_overrides or {})
+        overrides.setdefault("param_dtype", overrides.get("compute_dtype", load_model_config(model_path).compute_dtype))
+        model = load_model(model_path, mesh=mesh, cfg_overrides=overrides)
         kwargs.setdefault("sampling", config.sampling)
         kwargs.setdefault("normalize", config.retrieval.normalize)
         kwargs.setdefault("batch_size", config.retrieval.encode_batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from t1_jax.config import OptimizerConfig
@@ -46,6 +47,24 @@ def make_optimizer(cfg: OptimizerConfig, num_steps: int) -> tuple[optax.Gradient
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                              mask=decay_mask))
     return optax.chain(*parts), schedule
+
+
+def update_metrics(old_params: Any, new_params: Any) -> dict[str, jax.Array]:
+    """What an update did to the stored parameters (so a stalled run shows in the logs within minutes).
+
+    ``param_changed_fraction``: share of all parameter elements whose stored value changed; ``param_changed_min``:
+    the same share for the parameter array that moved least (a frozen norm or embedding shows here);
+    ``update_ratio``: ``||new - old|| / ||old||`` over all parameters, measured on the stored values, so updates that
+    rounded away count as zero. With float32 masters and AdamW the first two are ~1 on every step after warmup.
+    """
+    olds, news = jax.tree_util.tree_leaves(old_params), jax.tree_util.tree_leaves(new_params)
+    changed = [jnp.sum((n != o).astype(jnp.float32)) for o, n in zip(olds, news)]
+    sizes = [float(o.size) for o in olds]
+    delta_sq = sum(jnp.sum(jnp.square(n.astype(jnp.float32) - o.astype(jnp.float32))) for o, n in zip(olds, news))
+    old_sq = sum(jnp.sum(jnp.square(o.astype(jnp.float32))) for o in olds)
+    return {"param_changed_fraction": sum(changed) / sum(sizes),
+            "param_changed_min": jnp.min(jnp.stack([c / size for c, size in zip(changed, sizes)])),
+            "update_ratio": jnp.sqrt(delta_sq) / jnp.maximum(jnp.sqrt(old_sq), 1e-30)}
 
 
 def accumulate_gradients(grad_fn: Callable, params: Any, batch: Any, rng: jax.Array, steps: int):

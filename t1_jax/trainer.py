@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from t1_jax import config as config_lib
 from t1_jax import mesh as mesh_lib
 from t1_jax.observe import MetricWriter, progress
-from t1_jax.optimizer import accumulate_gradients, make_optimizer
+from t1_jax.optimizer import accumulate_gradients, make_optimizer, update_metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,28 @@ class TrainState:
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+# A logged step at a non-zero learning rate that changes fewer than this share of the parameters is reported: with
+# float32 masters AdamW changes nearly all of them (only embedding rows of tokens absent from the batch stay).
+STALL_FRACTION = 0.5
+
+
+def _note_master_dtype_change(path: str, cfg: config_lib.ExperimentConfig) -> None:
+    """Log when a workdir's earlier config stored parameters in another dtype: its checkpoints are restored into
+    ``model.param_dtype`` (orbax casts each array), e.g. a run saved with bfloat16 masters resumes in float32."""
+    import json
+
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            before = json.load(f).get("model", {}).get("param_dtype")
+    except (OSError, ValueError):
+        return
+    if before and before != cfg.model.param_dtype:
+        log.warning("%s was written with model.param_dtype=%s; its checkpoints are restored into %s masters (and "
+                    "AdamW moments), each array cast on restore", path, before, cfg.model.param_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +116,8 @@ def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_rng, grad_accum_steps)
         new_state = apply_gradients(state, grads, tx).replace(rng=rng)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+                   **update_metrics(state.params, new_state.params)}
         return new_state, metrics
 
     return step
@@ -158,9 +181,12 @@ class Trainer:
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
         self._stop_signal: Optional[int] = None
         self._batch_axes: Optional[dict] = None
+        self._stall_warned = False
         if jax.process_index() == 0 and "://" not in workdir:  # gs:// workdirs: the launcher keeps the config
             os.makedirs(self.workdir, exist_ok=True)
-            config_lib.save_json(cfg, os.path.join(self.workdir, "config.json"))
+            path = os.path.join(self.workdir, "config.json")
+            _note_master_dtype_change(path, cfg)
+            config_lib.save_json(cfg, path)
 
     # ---- state -----------------------------------------------------------------------------------------------------
 
@@ -238,8 +264,10 @@ class Trainer:
                     if mfu is not None:
                         host["mfu"] = mfu
                 writer.write(done, host, prefix="train/")
+                self._warn_if_stalled(done, host)
                 if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{host['loss']:.4f}")
+                    moved = host.get("param_changed_fraction")
+                    bar.set_postfix(loss=f"{host['loss']:.4f}", **({} if moved is None else {"moved": f"{moved:.3f}"}))
                 window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
             if stage.eval_fn is not None and tcfg.eval_every and done % tcfg.eval_every == 0:
                 writer.write(done, stage.eval_fn(state.params, done), prefix="eval/")
@@ -306,6 +334,17 @@ class Trainer:
         where = f"step {last} in {os.path.join(self.workdir, 'checkpoints')}" if last is not None else "none saved"
         raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping without saving. Last good checkpoint: "
                                  f"{where}. Lower optimizer.lr or check the data, then rerun to resume.")
+
+    def _warn_if_stalled(self, step: int, host: dict) -> None:
+        """Say so (once) when a logged step at a non-zero learning rate left most parameters where they were."""
+        moved = host.get("param_changed_fraction")
+        if moved is None or self._stall_warned or not host.get("lr", 0.0) > 0 or moved >= STALL_FRACTION:
+            return
+        self._stall_warned = True
+        log.warning("step %d changed only %.1f%% of the parameters at lr %.3g (update/weight ratio %.2e): updates are "
+                    "rounding away or the gradients are zero; check model.param_dtype (float32 masters) and the "
+                    "learning rate (docs/training.md, Precision)", step, 100 * moved, host["lr"],
+                    host.get("update_ratio", float("nan")))
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_signal = signum

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     to_hf.add_argument("dst", metavar="DST_DIR")
     to_hf.add_argument("--tokenizer", default=None, metavar="DIR", help="copy tokenizer files from this folder")
     to_hf.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                       help="safetensors dtype (default: the parameters' dtype)")
+                       help="safetensors dtype (default: the model's compute dtype, e.g. bfloat16 for a model "
+                            "trained with float32 masters and bfloat16 compute; each weight is rounded once)")
     to_hf.add_argument("--max-shard-gb", type=float, default=4.0, help="safetensors shard size limit (GB)")
 
 
@@ -44,16 +45,17 @@ def run(args: argparse.Namespace) -> int:
             real = args.real_vocab or min(args.emb_token_id, model.cfg.vocab_size)
             set_token_row(model, args.emb_token_id, real)
         save_model(args.dst, model)
-        what = f"{args.src} -> {args.dst} (orbax)"
+        what = f"{args.src} -> {args.dst} (orbax, {model.cfg.param_dtype})"
     else:
         from t1_jax.model.hf import export_hf
         from t1_jax.model.params_io import load_model
 
         model = load_model(args.src)
-        export_hf(model, args.dst, tokenizer_dir=args.tokenizer, dtype=args.dtype,
+        dtype = args.dtype or model.cfg.compute_dtype
+        export_hf(model, args.dst, tokenizer_dir=args.tokenizer, dtype=dtype,
                   max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
-        what = f"{args.src} -> {args.dst} (HF safetensors)"
+        what = f"{args.src} ({model.cfg.param_dtype}) -> {args.dst} (HF safetensors, {dtype})"
     cfg = model.cfg
     print(f"converted {what}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
-          f"{cfg.param_dtype}, {time.perf_counter() - start:.1f}s", file=sys.stderr)
+          f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
     return 0

@@ -23,6 +23,7 @@ from flax import nnx
 from t1_jax.config import ConfigError, ModelConfig, dtype as to_dtype
 from t1_jax.mesh import constrain
 from t1_jax.model.cache import KVCache, constrain_cache
+from t1_jax.model.precision import weight_einsum
 
 # Per-layer parameters: name -> (logical axes without the leading "layers" axis). Shapes come from layer_shapes().
 LAYER_AXES: dict[str, tuple[str, ...]] = {
@@ -85,10 +86,16 @@ class DecoderLayers(nnx.Module):
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm over the last axis, statistics in float32; the scale is applied in the input dtype (as HF does)."""
+    """RMSNorm over the last axis, statistics in float32; the result is rounded to the input dtype.
+
+    As HF does, the normalised input is rounded to the input dtype before the scale is applied. The product with the
+    scale is taken in the wider of the two dtypes and rounded once, which is HF's bfloat16 product when the scale is
+    bfloat16 and, with a float32 master scale, keeps the scale's gradient (a sum over every token) in float32.
+    """
     x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return weight.astype(x.dtype) * normed.astype(x.dtype)
+    normed = (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+    wide = jnp.promote_types(weight.dtype, x.dtype)
+    return (weight.astype(wide) * normed.astype(wide)).astype(x.dtype)
 
 
 def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -128,18 +135,18 @@ def attention(q_btnh, k_bskh, v_bskh, allowed_bts, compute_dtype):
 
 
 def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv_bskh=None):
-    """One pre-norm decoder layer. ``p``: this layer's arrays. ``kv_bskh``: (cache k, cache v, write index) or None.
+    """One pre-norm decoder layer. ``p``: this layer's arrays in the master dtype (each matmul casts its weight to the
+    compute dtype, ``t1_jax.model.precision``). ``kv_bskh``: (cache k, cache v, write index) or None.
 
     Returns the new residual stream and the (possibly updated) per-layer cache keys/values.
     """
     cdt = to_dtype(cfg.compute_dtype)
-    w = {name: value.astype(cdt) for name, value in p.items()}
-    h_btd = rms_norm(x_btd, w["attn_norm"], cfg.rms_norm_eps)
-    q = constrain(jnp.einsum("btd,nhd->btnh", h_btd, w["q_proj"]), BTNH)
-    k = constrain(jnp.einsum("btd,khd->btkh", h_btd, w["k_proj"]), BTKH)
-    v = constrain(jnp.einsum("btd,khd->btkh", h_btd, w["v_proj"]), BTKH)
-    q = apply_rope(rms_norm(q, w["q_norm"], cfg.rms_norm_eps), cos, sin)
-    k = apply_rope(rms_norm(k, w["k_norm"], cfg.rms_norm_eps), cos, sin)
+    h_btd = rms_norm(x_btd, p["attn_norm"], cfg.rms_norm_eps)
+    q = constrain(weight_einsum("btd,nhd->btnh", h_btd, p["q_proj"]), BTNH)
+    k = constrain(weight_einsum("btd,khd->btkh", h_btd, p["k_proj"]), BTKH)
+    v = constrain(weight_einsum("btd,khd->btkh", h_btd, p["v_proj"]), BTKH)
+    q = apply_rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), cos, sin)
+    k = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin)
     if kv_bskh is not None:
         cache_k, cache_v, index = kv_bskh
         cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
@@ -149,11 +156,11 @@ def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv_bskh=Non
     else:
         new_kv = None
     out = constrain(attention(q, k, v, allowed_bts, cdt), BTNH)
-    x_btd = constrain(x_btd + jnp.einsum("btnh,dnh->btd", out, w["o_proj"]), BTD)
-    h_btd = rms_norm(x_btd, w["mlp_norm"], cfg.rms_norm_eps)
-    gate = constrain(jnp.einsum("btd,fd->btf", h_btd, w["gate_proj"]), BTF)
-    up = constrain(jnp.einsum("btd,fd->btf", h_btd, w["up_proj"]), BTF)
-    x_btd = constrain(x_btd + jnp.einsum("btf,df->btd", jax.nn.silu(gate) * up, w["down_proj"]), BTD)
+    x_btd = constrain(x_btd + weight_einsum("btnh,dnh->btd", out, p["o_proj"]), BTD)
+    h_btd = rms_norm(x_btd, p["mlp_norm"], cfg.rms_norm_eps)
+    gate = constrain(weight_einsum("btd,fd->btf", h_btd, p["gate_proj"]), BTF)
+    up = constrain(weight_einsum("btd,fd->btf", h_btd, p["up_proj"]), BTF)
+    x_btd = constrain(x_btd + weight_einsum("btf,df->btd", jax.nn.silu(gate) * up, p["down_proj"]), BTD)
     return x_btd, new_kv
 
 
@@ -183,8 +190,7 @@ class Qwen3(nnx.Module):
         """LM head on ``hidden [..., d]`` -> float32 ``[..., vocab]`` (tied: the embedding matrix)."""
         cdt = to_dtype(self.cfg.compute_dtype)
         table_vd = (self.embed_tokens if self.lm_head is None else self.lm_head)[...]
-        return jnp.einsum("...d,vd->...v", hidden_xd.astype(cdt), table_vd.astype(cdt),
-                          preferred_element_type=jnp.float32)
+        return weight_einsum("...d,vd->...v", hidden_xd.astype(cdt), table_vd, out_dtype=jnp.float32)
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_bt: jax.Array,
                  cache: Optional[KVCache] = None) -> tuple[jax.Array, Optional[KVCache]]:
@@ -213,7 +219,7 @@ class Qwen3(nnx.Module):
             x_btd = self._run_layers_no_cache(body, x_btd, params)
         else:
             x_btd, cache = self._run_layers_cache(body, x_btd, params, cache, key_valid_bs, t)
-        hidden = rms_norm(x_btd, self.final_norm[...].astype(x_btd.dtype), cfg.rms_norm_eps)
+        hidden = rms_norm(x_btd, self.final_norm[...], cfg.rms_norm_eps)
         return constrain(hidden, BTD), cache
 
     def _run_layers_no_cache(self, body, x_btd, params):

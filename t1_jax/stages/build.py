@@ -40,16 +40,20 @@ def model_dir(path: str) -> str:
     return candidate if os.path.isdir(candidate) else path
 
 
-def pretrained_loader(cfg: ExperimentConfig, mesh, formatter) -> Optional[Callable]:
+def pretrained_loader(cfg: ExperimentConfig, mesh, formatter, param_dtype: Optional[str] = None
+                      ) -> Optional[Callable]:
+    """``trainer.init_from`` loaded as parameters in ``param_dtype`` (default ``model.param_dtype``: the float32
+    masters, whatever dtype the folder stores, e.g. a bfloat16 HF import), or None without ``init_from``."""
     if not cfg.trainer.init_from:
         return None
     source = model_dir(cfg.trainer.init_from)
+    dtype = param_dtype or cfg.model.param_dtype
 
     def load():
         from t1_jax.model.hf import set_token_row
         from t1_jax.model.params_io import load_model
 
-        model = load_model(source, mesh=mesh)
+        model = load_model(source, mesh=mesh, cfg_overrides={"param_dtype": dtype})
         loaded = model.cfg
         if (loaded.num_layers, loaded.hidden_size, loaded.num_heads) != (
                 cfg.model.num_layers, cfg.model.hidden_size, cfg.model.num_heads):
@@ -92,8 +96,12 @@ def grpo_sample_fn(cfg: ExperimentConfig, graphdef) -> Callable:
     from t1_jax.sampler import sample
 
     sampling = dataclasses.replace(cfg.sampling, temperature=cfg.grpo.rollout_temperature, top_k=0, top_p=1.0)
+    compute = config_lib.dtype(cfg.model.compute_dtype)
 
     def sample_fn(params, prompt_ids, prompt_valid, rng):
+        # Decoding reads every weight once per token: one compute-dtype copy for the whole rollout, not a cast of the
+        # float32 masters at every step (which would double the bytes each memory-bound decoding step reads).
+        params = jax.tree.map(lambda p: p.astype(compute), params)
         return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
                       eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
 
@@ -123,7 +131,9 @@ def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), query_kind="query_prompt",
                                   host_rows=host_rows)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
-    frozen = (lambda: {"ref": pretrained()}) if g.beta > 0 else None
+    # The reference policy is only run forward: kept in the compute dtype (half the memory of float32 masters).
+    reference = pretrained_loader(cfg, mesh, formatter, param_dtype=cfg.model.compute_dtype)
+    frozen = (lambda: {"ref": reference()}) if g.beta > 0 else None
     return TrainStage(
         name="stage 3 (grpo)", init_params=init_params, batches=batches, step_fn=grpo_step_fn(cfg, graphdef),
         param_shardings=shardings, pretrained=pretrained, frozen=frozen, updates_per_step=g.inner_steps,
@@ -142,7 +152,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
     from t1_jax.text import formatter_from_config
 
     mesh_lib.initialize_distributed(cfg.mesh)
-    config_lib.validate(cfg, device_count=jax.device_count())
+    config_lib.validate(cfg, device_count=jax.device_count(), training=True)
     if cfg.trainer.stage not in STAGE_BUILDERS:
         raise ConfigError(f"trainer.stage {cfg.trainer.stage!r} has no builder; known: {sorted(STAGE_BUILDERS)}")
     if not cfg.text.tokenizer:

@@ -28,9 +28,10 @@ import optax
 from flax import nnx
 
 from t1_jax import losses
-from t1_jax.config import ExperimentConfig
+from t1_jax.config import ExperimentConfig, dtype as to_dtype
 from t1_jax.grpo import combined_reward, compute_advantages, labels_from_ids, policy_loss
 from t1_jax.logprobs import token_logprobs
+from t1_jax.optimizer import update_metrics
 from t1_jax.sampler import positions_from_valid
 from t1_jax.stages.contrastive import embed_last, l2_normalize
 from t1_jax.trainer import TrainState, apply_gradients
@@ -134,8 +135,8 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
         if g.pool_refresh_every:
             outer = new_state.step // g.inner_steps
             refresh = (outer % g.pool_refresh_every) == 0
-            extra = {"pool_params": jax.tree.map(lambda new, old: jnp.where(refresh, new, old), new_state.params,
-                                                 extra["pool_params"])}
+            extra = {"pool_params": jax.tree.map(lambda new, old: jnp.where(refresh, new.astype(old.dtype), old),
+                                                 new_state.params, extra["pool_params"])}
         new_state = new_state.replace(rng=rng, extra=extra)
         lengths = rollout.lengths_b.astype(jnp.float32)
         metrics = {
@@ -143,6 +144,7 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
             **{k: v[0] for k, v in metrics_m.items()},
             **reward_metrics,
             "grad_norm": grad_norm_m[0],
+            **update_metrics(state.params, new_state.params),  # all inner updates of this step
             "lr": schedule(state.step),
             "natural_embtoken_fraction": 1.0 - jnp.mean(rollout.forced_b.astype(jnp.float32)),
             "trace_length_mean": jnp.mean(lengths),
@@ -156,6 +158,9 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
 
 
 def init_extra_fn(cfg: ExperimentConfig) -> Optional[Callable[[Any], Any]]:
+    """The pool snapshot (``grpo.pool_refresh_every > 0``): a copy of the parameters in the compute dtype, since it
+    is only ever run forward (half the memory of float32 masters)."""
     if not cfg.grpo.pool_refresh_every:
         return None
-    return lambda params: {"pool_params": jax.tree.map(jnp.copy, params)}
+    compute = to_dtype(cfg.model.compute_dtype)
+    return lambda params: {"pool_params": jax.tree.map(lambda p: p.astype(compute), params)}

@@ -1,0 +1,63 @@
+"""Mixed precision inside the model: float32 master weights, compute-dtype matmuls, float32 weight gradients.
+
+The precision policy (docs/training.md, "Precision"): parameters and optimizer moments are stored in
+``model.param_dtype`` (float32 for training), activations and matmuls run in ``model.compute_dtype`` (bfloat16 on
+TPU). Casting a master weight to bfloat16 and calling ``jnp.einsum`` would compute the weight's gradient as a bfloat16
+array and convert it back to float32 afterwards. Under FSDP that gradient is a partial sum per batch shard; XLA's TPU
+compiler moves the bfloat16 conversion in front of the cross-device reduction (seen in the compiled HLO of a v5p
+step: the q/k/v/o gradients were all-reduced in bfloat16), so the sum over shards would be taken in bfloat16.
+
+:func:`weight_einsum` is that matmul with its own gradient: the forward is the same compute-dtype product with
+float32 accumulation, the input gradient comes back in the compute dtype, and the weight gradient is produced
+directly in float32 (``preferred_element_type``), so every reduction of it (over the batch, the micro-batches, the
+devices) happens in float32. ``tests/test_precision.py`` checks the gradients against a float64 computation and the
+dtype of every gradient reduction in a compiled TPU step.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _parse(spec: str) -> tuple[str, str, str]:
+    inputs, out = spec.replace(" ", "").split("->")
+    x, w = inputs.split(",")
+    return x, w, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _mixed_einsum(spec: str, x, w, out_dtype):
+    return jnp.einsum(spec, x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def _mixed_fwd(spec, x, w, out_dtype):
+    return _mixed_einsum(spec, x, w, out_dtype), (x, w)
+
+
+def _mixed_bwd(spec, out_dtype, residuals, g):
+    del out_dtype
+    x, w = residuals
+    xs, ws, os_ = _parse(spec)
+    g = g.astype(x.dtype)
+    dx = jnp.einsum(f"{os_},{ws}->{xs}", g, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+    dw = jnp.einsum(f"{xs},{os_}->{ws}", x, g, preferred_element_type=jnp.float32).astype(w.dtype)
+    return dx, dw
+
+
+_mixed_einsum.defvjp(_mixed_fwd, _mixed_bwd)
+
+
+def weight_einsum(spec: str, x, w, out_dtype=None):
+    """``einsum(spec, x, w)`` in ``x``'s dtype with float32 accumulation, for an activation ``x`` and a weight ``w``.
+
+    When ``w`` is stored in a wider dtype than ``x`` (float32 masters, bfloat16 compute) the weight's gradient is
+    computed and returned in ``w``'s dtype without an intermediate rounding to ``x``'s dtype. Every index of ``x``
+    must appear in ``w`` or the output, and every index of ``w`` in ``x`` or the output (true of projections).
+    ``out_dtype`` defaults to ``x``'s dtype (the LM head asks for float32 logits).
+    """
+    out_dtype = jnp.dtype(out_dtype or x.dtype)
+    if jnp.dtype(w.dtype) == jnp.dtype(x.dtype):  # one dtype: the plain product (its gradient is already exact)
+        return jnp.einsum(spec, x, w, preferred_element_type=None if out_dtype == x.dtype else out_dtype)
+    return _mixed_einsum(spec, x, w, out_dtype)
