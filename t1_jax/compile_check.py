@@ -41,6 +41,8 @@ class Program:
     flops: FlopCount  # analytic, whole step over all chips
     tokens: int  # tokens processed per step (for tokens/s)
     description: str = ""  # batch and lengths, one line
+    # temp bytes -> per-chip bytes by role (t1_jax.chip_memory); None = no breakdown
+    breakdown: Optional[Callable[[Optional[int]], dict[str, int]]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ProgramResult:
     tokens: int
     roofline_seconds: float
     description: str
+    breakdown: Optional[dict[str, int]] = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -59,7 +62,8 @@ class ProgramResult:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "memory": self.memory.to_dict(),
                 "flops": {**dataclasses.asdict(self.flops), "total": self.flops.total}, "tokens": self.tokens,
-                "roofline_seconds": self.roofline_seconds, "tokens_per_second": self.tokens_per_second}
+                "roofline_seconds": self.roofline_seconds, "tokens_per_second": self.tokens_per_second,
+                "breakdown_bytes": self.breakdown}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,7 @@ class CheckResult:
         return max((p.memory.overflow_gib for p in self.programs), default=0.0)
 
     def format(self) -> str:
+        from t1_jax.chip_memory import format_breakdown
         from t1_jax.tpu import format_step_estimate
 
         mesh = "x".join(str(self.mesh_shape[a]) for a in ("data", "fsdp", "tensor"))
@@ -87,8 +92,10 @@ class CheckResult:
                  f"({self.topology.chips} x {self.topology.chip.name} chips, {self.topology.topology}), mesh "
                  f"data x fsdp x tensor = {mesh}"]
         for p in self.programs:
-            lines += ["", f"[{p.name}] {p.description}", p.memory.format(),
-                      format_step_estimate(p.flops, self.topology, p.tokens),
+            lines += ["", f"[{p.name}] {p.description}", p.memory.format()]
+            if p.breakdown:
+                lines.append(format_breakdown(p.breakdown))
+            lines += [format_step_estimate(p.flops, self.topology, p.tokens),
                       f"compile time {p.memory.compile_seconds:.1f} s"]
         verdict = "fits" if self.fits else f"DOES NOT FIT (over by {self.overflow_gib:.3f} GiB per chip)"
         lines += ["", f"result: {verdict}; wall time {self.wall_seconds:.1f} s"]
@@ -234,7 +241,10 @@ def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[st
         step = jit_train_step(stage, cfg.optimizer.grad_accum_steps, tx, schedule, state_shardings)
     batch = abstract_tree(batch_shapes, batch_shardings(mesh, {k: s for k, (s, _) in batch_shapes.items()},
                                                         stage.batch_logical_axes))
-    return Program("train step", step, (abstract_state, batch, frozen), flops, tokens, description)
+    from t1_jax.chip_memory import train_step_breakdown
+
+    return Program("train step", step, (abstract_state, batch, frozen), flops, tokens, description,
+                   lambda temps: train_step_breakdown(abstract_state, batch, frozen, cfg.model, temps))
 
 
 def contrastive_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
@@ -335,6 +345,7 @@ def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
     step = train_step_program(cfg, mesh, stage, shapes, step_flops, rollouts * (tp + tg), description, frozen)
 
     from t1_jax import mesh as mesh_lib
+    from t1_jax.chip_memory import rollout_breakdown
 
     sample_fn = build.grpo_sample_fn(cfg, graphdef)
     prompt_sharding = mesh_lib.logical_sharding(mesh, ("batch", None))
@@ -342,7 +353,8 @@ def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
     rollout = Program("rollout", jax.jit(sample_fn), (abstract_params, prompts, prompts, rng), rollout_flops,
                       rollouts * tg, f"{rollouts} sequences: prefill {tp} + {tg} decoding steps (KV cache "
-                                     f"{tp + tg}); tokens = generated slots")
+                                     f"{tp + tg}); tokens = generated slots",
+                      lambda temps: rollout_breakdown(abstract_params, cfg.model, temps))
     return [step, rollout]
 
 
@@ -388,7 +400,8 @@ def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]
             memory, _ = compile_report(program.fn, program.args, chip=spec.chip)
         log.info("compiled the %s in %.1f s", program.name, memory.compile_seconds)
         seconds = roofline_seconds(program.flops.total, spec.chips, spec.chip.peak_bf16_flops)
+        parts = program.breakdown(memory.temp_bytes or None) if program.breakdown else None
         results.append(ProgramResult(program.name, memory, program.flops, program.tokens, seconds,
-                                     program.description))
+                                     program.description, parts))
     return CheckResult(cfg.name, cfg.trainer.stage, spec, dict(mesh.shape), tuple(results),
                        time.perf_counter() - start)

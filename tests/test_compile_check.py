@@ -38,6 +38,13 @@ def test_tiny_stage2_compiles_for_v5p8_through_the_command(tmp_path, capsys):
     assert memory["alias_bytes"] >= 0.5 * state_bytes / 4 and memory["temp_bytes"] > 0
     assert memory["total_bytes"] == (memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"]
                                      + memory["temp_bytes"] + memory["generated_code_bytes"])
+    # By role (t1_jax.chip_memory): float32 masters, two float32 moments, the batch: together the arguments, which
+    # XLA lays out in TPU tiles (8 x 128), so this model's narrow arrays take up to about twice their bytes there.
+    parts = program["breakdown_bytes"]
+    assert parts["moments"] == pytest.approx(2 * parts["masters"], rel=0.01)
+    assert 0.5 * memory["argument_bytes"] <= parts["masters"] + parts["moments"] + parts["batch"] <= memory[
+        "argument_bytes"]
+    assert parts["gradients (est.)"] == parts["masters"] and parts["activations and the rest"] > 0
     # Query = prompt 40 + reasoning 20 + <embtoken> = 61 -> bucket 64; documents 64: tokens = 8*64 + 16*64.
     assert program["tokens"] == 8 * 64 + 16 * 64
     flops = program["flops"]
@@ -46,7 +53,8 @@ def test_tiny_stage2_compiles_for_v5p8_through_the_command(tmp_path, capsys):
     assert program["roofline_seconds"] == pytest.approx(flops["total"] / (4 * 459e12))
     assert program["tokens_per_second"] == pytest.approx(program["tokens"] / program["roofline_seconds"])
     for needle in ("per-device memory (4 devices, v5p)", "FLOPs per step", "roofline step time", "result: fits",
-                   "global batch 8 queries x 64 tokens + 16 documents x 64 tokens (prompt + reasoning)"):
+                   "global batch 8 queries x 64 tokens + 16 documents x 64 tokens (prompt + reasoning)",
+                   "per-chip by role: masters"):
         assert needle in text
 
 
