@@ -23,7 +23,7 @@ from t1_jax.model.presets import preset
 DEFAULT_TOPOLOGY = "v5p-8"
 # global_batch_size = queries per step; the rollout batch is global_batch_size x grpo.group_size sequences.
 LAYOUTS = {
-    "v4-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=16),
+    "v4-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=8),
     "v4-32": PodLayout(data=2, fsdp=8, tensor=1, global_batch_size=64),
     "v5litepod-16": PodLayout(data=1, fsdp=16, tensor=1, global_batch_size=32),
     "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=32),

@@ -125,7 +125,10 @@ def test_4b_layout_tables(monkeypatch):
             assert cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.tensor == chips
             chunk, shards = cfg.loss.gradcache_chunk, cfg.mesh.data * cfg.mesh.fsdp
             assert not chunk or (chunk % shards == 0 and cfg.data.global_batch_size % chunk == 0)  # splits evenly
-            assert cfg.model.param_dtype == cfg.model.compute_dtype == "bfloat16" and cfg.model.num_layers == 36
+            assert cfg.model.compute_dtype == "bfloat16" and cfg.model.num_layers == 36
+            if name != "t1_4b_eval_bright":  # training: float32 masters, accepted by the precision policy
+                assert cfg.model.param_dtype == "float32"
+                config_lib.validate(cfg, device_count=chips, training=True)
             assert cfg.name.endswith("@" + tpu.parse_topology(topology).accelerator_type)
     # TPU VMs name themselves; explicit T1_TOPOLOGY wins; --set still overrides the row.
     monkeypatch.delenv(layouts.TOPOLOGY_ENV)
