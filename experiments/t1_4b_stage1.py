@@ -29,7 +29,7 @@ DEFAULT_TOPOLOGY = "v5p-8"
 # Measured (docs/tpu.md): without GradCache, 512 queries on v5p-8 need 96.3 GiB per chip (over by 1.3 GiB), so the
 # rows whose whole batch would not fit embed it in GradCache chunks (loss.gradcache_chunk; +1 forward pass of cost).
 LAYOUTS = {
-    "v4-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=256, gradcache_chunk=32),
+    "v4-16": PodLayout(data=1, fsdp=8, tensor=1, global_batch_size=256, gradcache_chunk=64),
     "v4-32": PodLayout(data=2, fsdp=8, tensor=1, global_batch_size=1024, gradcache_chunk=256),
     "v5litepod-16": PodLayout(data=1, fsdp=16, tensor=1, global_batch_size=256, gradcache_chunk=128),
     "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=512, gradcache_chunk=256),

@@ -20,7 +20,7 @@ from t1_jax.model.presets import preset
 
 DEFAULT_TOPOLOGY = "v5p-8"
 LAYOUTS = {
-    "v4-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=128, gradcache_chunk=16),
+    "v4-16": PodLayout(data=1, fsdp=8, tensor=1, global_batch_size=128, gradcache_chunk=32),
     "v4-32": PodLayout(data=2, fsdp=8, tensor=1, global_batch_size=512, gradcache_chunk=128),
     "v5litepod-16": PodLayout(data=1, fsdp=16, tensor=1, global_batch_size=128, gradcache_chunk=64),
     "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=256),

@@ -46,8 +46,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
-    if not args.verbose:  # orbax/absl narrate every checkpoint at INFO
-        logging.getLogger("absl").setLevel(logging.WARNING)
+    if not args.verbose:  # orbax/absl narrate every checkpoint at INFO; fsspec/gcsfs every gs:// read
+        for name in ("absl", "fsspec", "gcsfs"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
@@ -56,8 +57,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"t1 {args.command}: config error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"t1 {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # a known failure (bad data, non-finite loss ...) gets one line, not a traceback
-        from t1_jax.trainer import NonFiniteLossError
+        from t1_jax.trainer import NonFiniteLossError, Preempted
+
+        if isinstance(e, Preempted):
+            print(f"t1 {args.command}: {e}", file=sys.stderr)
+            return Preempted.EXIT_CODE
 
         if not isinstance(e, (FileNotFoundError, ValueError, NonFiniteLossError)) or args.verbose:
             raise

@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 import importlib.util
 import json
-import os
 import types
 import typing
 from typing import Any, Optional
@@ -226,29 +225,31 @@ def from_dict(data: dict[str, Any], cls: type = ExperimentConfig, _prefix: str =
 
 
 def save_json(cfg: ExperimentConfig, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write the resolved config (local or gs://), atomically."""
+    from t1_jax import fs
+
+    fs.write_text(path, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
 
 
 def load_config(path: str, overrides: Optional[list[str]] = None) -> ExperimentConfig:
-    """Load an experiment (``.py`` with ``get_config()``, or a resolved ``config.json``) and apply overrides."""
-    if not os.path.exists(path):
+    """Load an experiment (``.py`` with ``get_config()``, or a resolved ``config.json``, local or gs://) and apply
+    overrides."""
+    from t1_jax import fs
+
+    if not fs.exists(path):
         raise ConfigError(f"config file {path} does not exist")
     if path.endswith(".json"):
-        with open(path) as f:
+        with fs.open(path) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
         cfg = from_dict(data)
     elif path.endswith(".py"):
-        spec = importlib.util.spec_from_file_location(f"t1_experiment_{abs(hash(path))}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        with fs.local_copy(path) as local_path:
+            spec = importlib.util.spec_from_file_location(f"t1_experiment_{abs(hash(path))}", local_path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
         if not hasattr(module, "get_config"):
             raise ConfigError(f"{path} does not define get_config()")
         cfg = module.get_config()

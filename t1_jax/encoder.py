@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 import time
 from typing import Optional, Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from t1_jax import fs
 from t1_jax.config import ExperimentConfig, SamplingConfig, TextConfig
 from t1_jax.mesh import BATCH_AXES, batch_shard_count, use_mesh
 from t1_jax.observe import progress
@@ -62,15 +62,12 @@ def _embed_batch(graphdef, params, ids_bt, valid_bt, *, normalize: bool, mesh: O
 def fingerprint_of(directory: str) -> str:
     """A short content hash of a saved model: its config and the checkpoint's small metadata files."""
     h = hashlib.sha256()
-    for root, _, files in sorted(os.walk(directory)):
-        if os.path.basename(root) == "tokenizer":
+    for rel, size in fs.files(directory):
+        if rel.startswith("tokenizer/") or "/tokenizer/" in rel or size > 1 << 20:
             continue
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            if os.path.getsize(path) <= 1 << 20:
-                h.update(os.path.relpath(path, directory).encode() + b"\0")
-                with open(path, "rb") as f:
-                    h.update(f.read())
+        h.update(rel.encode() + b"\0")
+        with fs.open(fs.join(directory, *rel.split("/")), "rb") as f:
+            h.update(f.read())
     return h.hexdigest()[:16]
 
 
@@ -122,10 +119,10 @@ class Encoder:
 
         model_path = model_dir(directory)
         if config is None:
-            run_cfg = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
-            config = config_lib.load_config(run_cfg) if os.path.isfile(run_cfg) else ExperimentConfig()
-        tok_path = tokenizer or (os.path.join(model_path, "tokenizer")
-                                 if os.path.isdir(os.path.join(model_path, "tokenizer")) else config.text.tokenizer)
+            run_cfg = fs.join(fs.dirname(model_path), "config.json")
+            config = config_lib.load_config(run_cfg) if fs.isfile(run_cfg) else ExperimentConfig()
+        tok_path = tokenizer or (fs.join(model_path, "tokenizer")
+                                 if fs.isdir(fs.join(model_path, "tokenizer")) else config.text.tokenizer)
         text_cfg: TextConfig = dataclasses.replace(config.text, tokenizer=tok_path)
         formatter = T1Formatter(load_tokenizer(tok_path, text_cfg.emb_token), text_cfg)
         # Inference updates nothing: parameters are held in the compute dtype (a trained model's float32 masters are

@@ -1,4 +1,4 @@
-"""Device mesh, logical-axis rules, and multi-host initialisation.
+"""Device mesh and logical-axis rules (joining a multi-host run: ``t1_jax.distributed``).
 
 Tensors are annotated with *logical* axis names (``batch``, ``embed``, ``heads`` ...). One table, ``LOGICAL_RULES``,
 maps each logical name to mesh axes of the mesh ``(data, fsdp, tensor)``; the model, the trainers and the retrieval
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
 from typing import Iterator, Optional, Sequence, Union
 
 import jax
@@ -134,36 +133,3 @@ def process_batch_rows(mesh: Mesh, global_batch: int) -> list[int]:
     for index in sharding.addressable_devices_indices_map((global_batch,)).values():
         rows.update(range(*index[0].indices(global_batch)))
     return sorted(rows)
-
-
-_DISTRIBUTED_READY = False
-
-
-def _looks_multihost() -> bool:
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return len([h for h in hosts.split(",") if h.strip()]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
-
-
-def initialize_distributed(cfg: MeshConfig) -> bool:
-    """Call ``jax.distributed.initialize`` once when running on several hosts; returns whether it was called.
-
-    Explicit ``coordinator_address``/``num_processes``/``process_id`` (e.g. multi-process CPU tests) take precedence;
-    otherwise TPU pods are detected from the environment and JAX discovers the coordinator itself. A single process
-    (a laptop, CI, one TPU VM) skips it.
-    """
-    global _DISTRIBUTED_READY
-    if _DISTRIBUTED_READY:
-        return True
-    if cfg.coordinator_address:
-        if cfg.num_processes <= 0 or cfg.process_id < 0:
-            raise ConfigError("mesh.coordinator_address needs mesh.num_processes > 0 and mesh.process_id >= 0")
-        jax.distributed.initialize(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
-                                   process_id=cfg.process_id)
-    elif _looks_multihost():
-        jax.distributed.initialize()
-    else:
-        return False
-    _DISTRIBUTED_READY = True
-    log.info("jax.distributed initialised: process %d of %d, %d global devices", jax.process_index(),
-             jax.process_count(), jax.device_count())
-    return True

@@ -76,10 +76,13 @@ def load_tokenizer(path_or_id: str, emb_token: str = "<embtoken>"):
     from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
+    from t1_jax import fs
+
     if not path_or_id:
         raise ValueError("no tokenizer given: set text.tokenizer to a folder with tokenizer.json or a hub id")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+        with fs.local_copy(path_or_id) as local_path:  # a gs:// folder is downloaded (the tokenizer is read whole)
+            tokenizer = AutoTokenizer.from_pretrained(local_path)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load a tokenizer from {path_or_id!r}: {e}") from e
     if not getattr(tokenizer, "is_fast", False):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -30,6 +29,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
 from t1_jax import config as config_lib
+from t1_jax import fs
 from t1_jax import mesh as mesh_lib
 from t1_jax.observe import MetricWriter, progress
 from t1_jax.optimizer import accumulate_gradients, make_optimizer, update_metrics
@@ -54,6 +54,16 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class Preempted(RuntimeError):
+    """The run saved a checkpoint because of a preemption notice (SIGTERM) or Ctrl-C, and stopped before the end."""
+
+    EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; tpu/supervise.sh recreates the slice if needed and resumes
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(f"preempted: saved step {step} to {workdir}; run the same command again to resume")
+        self.step = step
+
+
 # A logged step at a non-zero learning rate that changes fewer than this share of the parameters is reported: with
 # float32 masters AdamW changes nearly all of them (only embedding rows of tokens absent from the batch stay).
 STALL_FRACTION = 0.5
@@ -64,11 +74,10 @@ def _note_master_dtype_change(path: str, cfg: config_lib.ExperimentConfig) -> No
     ``model.param_dtype`` (orbax casts each array), e.g. a run saved with bfloat16 masters resumes in float32."""
     import json
 
-    if not os.path.isfile(path):
-        return
     try:
-        with open(path) as f:
-            before = json.load(f).get("model", {}).get("param_dtype")
+        if not fs.isfile(path):
+            return
+        before = json.loads(fs.read_text(path)).get("model", {}).get("param_dtype")
     except (OSError, ValueError):
         return
     if before and before != cfg.model.param_dtype:
@@ -176,15 +185,16 @@ def batch_shardings(mesh: Mesh, shapes: dict[str, tuple], logical_axes: Optional
 class Trainer:
     def __init__(self, cfg: config_lib.ExperimentConfig, workdir: str, mesh: Mesh):
         self.cfg = cfg
-        self.workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # orbax wants absolute paths
+        self.workdir = fs.absolute(workdir)  # orbax wants absolute paths; gs:// stays as it is
         self.mesh = mesh
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
         self._stop_signal: Optional[int] = None
+        self.preempted_at: Optional[int] = None  # the step saved because of a stop signal
         self._batch_axes: Optional[dict] = None
         self._stall_warned = False
-        if jax.process_index() == 0 and "://" not in workdir:  # gs:// workdirs: the launcher keeps the config
-            os.makedirs(self.workdir, exist_ok=True)
-            path = os.path.join(self.workdir, "config.json")
+        if jax.process_index() == 0:
+            fs.makedirs(self.workdir)
+            path = fs.join(self.workdir, "config.json")
             _note_master_dtype_change(path, cfg)
             config_lib.save_json(cfg, path)
 
@@ -222,17 +232,29 @@ class Trainer:
             manager = self._checkpoint_manager()
             state, start = self._restore_or_init(manager, init, rng0, state_shardings, stage)
             frozen = stage.frozen() if stage.frozen is not None else None
-            writer = MetricWriter(os.path.join(self.workdir, "tensorboard"),
-                                  jsonl=os.path.join(self.workdir, "metrics.jsonl") if "://" not in self.workdir else None)
-            previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            writer = MetricWriter(fs.join(self.workdir, "tensorboard"), jsonl=fs.join(self.workdir, "metrics.jsonl"),
+                                  resume_step=start)
+            handlers = self._install_stop_handlers()
             try:
                 state = self._loop(stage, state, start, lambda s, b: step_fn(s, b, frozen), manager, writer)
             finally:
-                signal.signal(signal.SIGTERM, previous_handler)
+                for signum, previous in handlers.items():
+                    signal.signal(signum, previous)
                 manager.wait_until_finished()
                 manager.close()
                 writer.close()
+        if self.preempted_at is not None:
+            raise Preempted(self.preempted_at, self.workdir)
         return state
+
+    def _install_stop_handlers(self) -> dict:
+        """SIGINT (Ctrl-C) always, and SIGTERM when no distributed system listens for it, make the trainer save at
+        the end of the current step and stop. With ``jax.distributed`` up, SIGTERM stays with XLA's preemption
+        notifier (a Python handler would replace it), and the hosts agree on the step through the sync point."""
+        from t1_jax.distributed import preemption_service_active
+
+        signals = [signal.SIGINT] + ([] if preemption_service_active() else [signal.SIGTERM])
+        return {signum: signal.signal(signum, self._on_stop_signal) for signum in signals}
 
     def _loop(self, stage, state, start, step_fn, manager, writer) -> TrainState:
         tcfg = self.cfg.trainer
@@ -271,14 +293,15 @@ class Trainer:
                 window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
             if stage.eval_fn is not None and tcfg.eval_every and done % tcfg.eval_every == 0:
                 writer.write(done, stage.eval_fn(state.params, done), prefix="eval/")
-            preempted = self._preempted(done)
+            preempted = self._preempted(done) and done < tcfg.num_steps
             if (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or done == tcfg.num_steps or preempted:
                 self._check_finite(done, jax.device_get(metrics), manager)
                 self._save(manager, done, state, batches, force=preempted)
             if preempted:
                 manager.wait_until_finished()
-                log.warning("preemption signal received: saved step %d to %s; exiting so the run can resume", done,
-                            self.workdir)
+                log.warning("stop signal received: saved step %d to %s; exiting (status %d) so the run can resume",
+                            done, self.workdir, Preempted.EXIT_CODE)
+                self.preempted_at = done
                 break
         return state
 
@@ -286,9 +309,12 @@ class Trainer:
 
     def _checkpoint_manager(self) -> ocp.CheckpointManager:
         tcfg = self.cfg.trainer
+        # cleanup_tmp_directories: a run killed while writing a checkpoint leaves it uncommitted (a tmp folder locally,
+        # a folder without commit_success.txt on GCS); it is deleted at start so the step can be written again.
         options = ocp.CheckpointManagerOptions(max_to_keep=tcfg.keep_checkpoints, create=True,
-                                               enable_async_checkpointing=tcfg.async_checkpointing)
-        return ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"), options=options,
+                                               enable_async_checkpointing=tcfg.async_checkpointing,
+                                               cleanup_tmp_directories=True)
+        return ocp.CheckpointManager(fs.join(self.workdir, "checkpoints"), options=options,
                                      item_names=("state", "data"))
 
     def _save(self, manager, step: int, state: TrainState, batches, force: bool = False) -> None:
@@ -331,7 +357,7 @@ class Trainer:
             return
         manager.wait_until_finished()
         last = manager.latest_step()
-        where = f"step {last} in {os.path.join(self.workdir, 'checkpoints')}" if last is not None else "none saved"
+        where = f"step {last} in {fs.join(self.workdir, 'checkpoints')}" if last is not None else "none saved"
         raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping without saving. Last good checkpoint: "
                                  f"{where}. Lower optimizer.lr or check the data, then rerun to resume.")
 
@@ -346,12 +372,21 @@ class Trainer:
                     "learning rate (docs/training.md, Precision)", step, 100 * moved, host["lr"],
                     host.get("update_ratio", float("nan")))
 
-    def _on_sigterm(self, signum, frame) -> None:
+    def _on_stop_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
         self._stop_signal = signum
-        log.warning("SIGTERM received: will save a checkpoint at the end of this step and exit")
+        log.warning("%s received: will save a checkpoint at the end of this step and exit (Ctrl-C again to abort)",
+                    signal.Signals(signum).name)
 
     def _preempted(self, step: int) -> bool:
-        if jax.process_count() > 1:  # every host must agree on the step; JAX's preemption service does that
+        """Whether to save and stop after ``step``: a local signal, or (with jax.distributed up) JAX's preemption
+        sync point, at which every host sees the same answer for the same step."""
+        from t1_jax.distributed import preemption_service_active
+
+        if self._stop_signal is not None and jax.process_count() == 1:
+            return True
+        if preemption_service_active():
             from jax.experimental import multihost_utils
 
             return bool(multihost_utils.reached_preemption_sync_point(step))

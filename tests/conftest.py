@@ -7,6 +7,9 @@ if "--xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu may be installed (compile checks); tests run on CPU
 os.environ.setdefault("T1_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests reach GCS only through the local emulator (tests/gcs.py), which has no bucket-type (HNS) API: read by gcsfs at
+# import, so set before anything imports it.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import pathlib  # noqa: E402
 

@@ -115,9 +115,25 @@ def test_gradcache_and_reasoning_flops_accounting():
     assert gc.recompute - base.recompute == pytest.approx(forward)
 
 
+def _layout_rows(name: str) -> list[str]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"layouts_{name}", f"experiments/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.LAYOUTS)
+
+
 def test_4b_layout_tables(monkeypatch):
-    for name in ("t1_4b_stage1", "t1_4b_stage2", "t1_4b_stage3_grpo", "t1_4b_eval_bright"):
-        for topology in ("v4-8", "v4-32", "v5e-16", "v5p-8", "v5p-64"):
+    rows = {name: _layout_rows(name) for name in ("t1_4b_stage1", "t1_4b_stage2", "t1_4b_stage3_grpo",
+                                                  "t1_4b_eval_bright")}
+    # Every training stage has a row for the three slice families' common sizes; v4-8 (4 x 32 GiB) cannot hold
+    # stages 1-2 with float32 masters (docs/tpu.md), which start at v4-16.
+    for name in ("t1_4b_stage1", "t1_4b_stage2", "t1_4b_stage3_grpo"):
+        assert {"v4-32", "v5litepod-16", "v5p-8", "v5p-64"} <= set(rows[name]), name
+    assert "v4-8" in rows["t1_4b_stage3_grpo"] and "v4-16" in rows["t1_4b_stage1"] and "v4-16" in rows["t1_4b_stage2"]
+    for name, topologies in rows.items():
+        for topology in topologies:
             monkeypatch.setenv(layouts.TOPOLOGY_ENV, topology)
             cfg = config_lib.load_config(f"experiments/{name}.py")
             chips = tpu.parse_topology(topology).chips
@@ -130,6 +146,9 @@ def test_4b_layout_tables(monkeypatch):
                 assert cfg.model.param_dtype == "float32"
                 config_lib.validate(cfg, device_count=chips, training=True)
             assert cfg.name.endswith("@" + tpu.parse_topology(topology).accelerator_type)
+    monkeypatch.setenv(layouts.TOPOLOGY_ENV, "v4-8")
+    with pytest.raises(config_lib.ConfigError, match="no mesh/batch layout for v4-8"):
+        config_lib.load_config("experiments/t1_4b_stage1.py")
     # TPU VMs name themselves; explicit T1_TOPOLOGY wins; --set still overrides the row.
     monkeypatch.delenv(layouts.TOPOLOGY_ENV)
     monkeypatch.setenv(layouts.TPU_ENV, "v4-32")
@@ -137,7 +156,7 @@ def test_4b_layout_tables(monkeypatch):
     cfg = config_lib.load_config("experiments/t1_4b_stage1.py", ["data.global_batch_size=64"])
     assert cfg.data.global_batch_size == 64
     monkeypatch.setenv(layouts.TOPOLOGY_ENV, "v6e-8")
-    with pytest.raises(config_lib.ConfigError, match="no mesh/batch layout for v6e-8; known: v4-8"):
+    with pytest.raises(config_lib.ConfigError, match="no mesh/batch layout for v6e-8; known: v4-16, v4-32"):
         config_lib.load_config("experiments/t1_4b_stage1.py")
 
 

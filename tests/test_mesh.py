@@ -59,8 +59,3 @@ def test_constrain_applies_real_sharding_on_cpu():
     np.testing.assert_array_equal(np.asarray(y), np.asarray(x) * 2)
     # Without an active mesh, constrain is the identity (the single-device reference path).
     assert mesh_lib.constrain(x, ("batch", "length", "embed")) is x
-
-
-def test_single_process_skips_distributed(monkeypatch):
-    monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
-    assert mesh_lib.initialize_distributed(MeshConfig()) is False

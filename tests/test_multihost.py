@@ -10,6 +10,7 @@ so the comparison allows float32 round-off (rtol 1e-5), nothing more.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +44,22 @@ def _launch(workdir, data, processes, *flags):
     return procs
 
 
-def _wait(procs, timeout=900):
+def _wait_for_line(proc, needle, timeout=600):
+    """Read ``proc``'s output until a line contains ``needle``; returns what was read."""
+    import time
+
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return "".join(lines)
+    raise AssertionError(f"{needle!r} never appeared: {''.join(lines)[-3000:]}")
+
+
+def _wait(procs, timeout=900, expect=0):
     outputs = []
     try:
         for p in procs:
@@ -54,7 +70,7 @@ def _wait(procs, timeout=900):
             if p.poll() is None:
                 p.kill()
     for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-4000:]
+        assert p.returncode == expect, out[-4000:]
     return outputs
 
 
@@ -75,18 +91,29 @@ def data(tmp_path_factory):
             "root": root}
 
 
-def test_two_processes_with_resume_equal_one_process(data):
+def test_two_processes_preempted_by_sigterm_resume_and_equal_one_process(data):
+    """The real preemption path: SIGTERM to both processes reaches XLA's preemption notifier (the trainer installs no
+    handler of its own once jax.distributed is up), both stop at the step JAX's sync point names, save it together,
+    and exit with the "preempted" status; the rerun resumes there and ends where one uninterrupted process does."""
+    from t1_jax.trainer import Preempted
+
     one, two = data["root"] / "one_process", data["root"] / "two_processes"
-    # The 1-process reference and the first half of the 2-process run (stops after step 2 via the preemption path).
     single = _launch(one, data, 1)
-    first_half = _launch(two, data, 2, "--stop-after", "2")
-    first_out = _wait(first_half)
+    first_half = _launch(two, data, 2)
+    first_out = [_wait_for_line(p, "distributed: process") for p in first_half]  # the notifier is listening
+    for p in first_half:
+        p.send_signal(signal.SIGTERM)
+    first_out = [head + tail for head, tail in zip(first_out, _wait(first_half, expect=Preempted.EXIT_CODE))]
     _wait(single)
-    assert sorted(_losses(two)) == [1, 2]
-    assert (two / "checkpoints" / "2").is_dir() and not (two / "params.npz").exists()
+    saved = sorted(int(d.name) for d in (two / "checkpoints").iterdir() if d.name.isdigit())
+    stop = max(saved)  # the collective save at the step the sync point named, before the end
+    assert 1 <= stop < STEPS, saved
+    for out in first_out:
+        assert f"saved step {stop}" in out and "preempted" in out, out[-3000:]
+    assert sorted(_losses(two)) == list(range(1, stop + 1)) and not (two / "params.npz").exists()
     second_out = _wait(_launch(two, data, 2))
-    assert "resumed from step 2" in second_out[0] and "resumed from step 2" in second_out[1]
-    assert "process 0 of 2, 8 global devices" in first_out[0]
+    assert f"resumed from step {stop}" in second_out[0] and f"resumed from step {stop}" in second_out[1]
+    assert "distributed: process 0 of 2 (explicit); 4 local / 8 global devices" in first_out[0]
 
     reference, resumed = _losses(one), _losses(two)
     assert sorted(reference) == sorted(resumed) == list(range(1, STEPS + 1))

@@ -49,14 +49,22 @@ def dry(script, *args, env=None):
 
 RUN_SCRIPT = ("mkdir -p t1-logs; if [ -f t1-logs/{run}.pid ] && kill -0 \"$(cat t1-logs/{run}.pid)\" 2>/dev/null; "
               "then echo \"t1: run {run} is already running on $(hostname); attaching\"; else rm -f t1-logs/{run}.exit; "
-              "setsid nohup bash -c '\\''export PATH=\"$HOME/.local/bin:$PATH\"; {exports}(cd t1-jax && {cmd}); "
-              "echo $? > t1-logs/{run}.exit'\\'' > t1-logs/{run}.log 2>&1 < /dev/null & echo $! > t1-logs/{run}.pid; fi")
+              "setsid nohup bash -c '\\''trap true TERM INT; export PATH=\"$HOME/t1-venv/bin:$HOME/.local/bin:$PATH\"; "
+              "{exports}cd t1-jax && {cmd}; echo $? > $HOME/t1-logs/{run}.exit'\\'' > t1-logs/{run}.log 2>&1 < /dev/null & "
+              "echo $! > t1-logs/{run}.pid; fi")
 RUN_ATTACH = ("; tail -n +1 --pid=\"$(cat t1-logs/{run}.pid)\" -F t1-logs/{run}.log 2>/dev/null; "
               "exit \"$(cat t1-logs/{run}.exit 2>/dev/null || echo 255)\"")
+# The venv: the worker's python3 when >= 3.11, else uv's CPython 3.11; then pip install -e '.[tpu]' into it.
+INSTALL_PIP = ("if [ ! -x $HOME/t1-venv/bin/python ]; then if python3 -c '\\''import sys; sys.exit(sys.version_info < "
+               "(3, 11))'\\'' 2>/dev/null && python3 -m venv $HOME/t1-venv; then echo \"t1: $HOME/t1-venv from "
+               "$(python3 --version)\"; else python3 -m pip install --user --upgrade uv && $HOME/.local/bin/uv venv "
+               "--seed --python 3.11 $HOME/t1-venv && echo \"t1: $HOME/t1-venv from CPython 3.11 (uv)\"; fi; fi; "
+               "$HOME/t1-venv/bin/python -m pip install --upgrade pip && $HOME/t1-venv/bin/python -m pip install -e "
+               "'\\''.[tpu]'\\''")
 INSTALL_GIT = ("gcloud compute tpus tpu-vm ssh t1-pod " + SCOPE + " --worker=all --command 'set -e; if [ -d t1-jax/.git ]; "
                "then git -C t1-jax fetch --depth=1 origin {branch} && git -C t1-jax checkout --force FETCH_HEAD; else "
-               "git clone --depth=1 --branch {branch} {url} t1-jax; fi; cd t1-jax && python3 -m pip install --upgrade "
-               "pip && python3 -m pip install -e '\\''.[tpu]'\\'''")
+               "git clone --depth=1 --branch {branch} {url} t1-jax; fi; cd t1-jax && "
+               + INSTALL_PIP.replace("{", "{{").replace("}", "}}") + "'")
 
 
 @pytest.mark.parametrize("accel, spot, expected_type, runtime", [
@@ -104,8 +112,7 @@ def test_install_dry_run_git_and_local():
         f"git -C {REPO} archive --format=tar.gz --output=/tmp/t1-jax-t1-pod.tar.gz HEAD",
         f"gcloud compute tpus tpu-vm scp /tmp/t1-jax-t1-pod.tar.gz t1-pod:t1-jax-src.tar.gz {SCOPE} --worker=all",
         f"gcloud compute tpus tpu-vm ssh t1-pod {SCOPE} --worker=all --command 'set -e; mkdir -p t1-jax && tar -xzf "
-        "t1-jax-src.tar.gz -C t1-jax && cd t1-jax && python3 -m pip install --upgrade pip && python3 -m pip install -e "
-        "'\\''.[tpu]'\\'''"]
+        "t1-jax-src.tar.gz -C t1-jax && cd t1-jax && " + INSTALL_PIP + "'"]
 
 
 def test_run_dry_run():
@@ -142,8 +149,8 @@ def test_logs_dry_run():
 def test_supervise_dry_run_prints_one_pass():
     lines = dry("supervise.sh", *SLICE, "--type", "v5p-64", "--spot", "--repo-url", "https://h/t1.git",
                 "--delete-when-done", "--", "t1", "train", "--workdir", "gs://b/r")
-    remote = RUN_SCRIPT.format(run="train", exports="", cmd="t1 train --workdir gs://b/r") + RUN_ATTACH.format(
-        run="train")
+    remote = RUN_SCRIPT.format(run="train", exports="export T1_TOPOLOGY=v5p-64; ",  # the slice's layout row
+                               cmd="t1 train --workdir gs://b/r") + RUN_ATTACH.format(run="train")
     assert lines == [
         f"gcloud compute tpus queued-resources create t1-pod --node-id=t1-pod {SCOPE} --accelerator-type=v5p-64 "
         "--runtime-version=v2-alpha-tpuv5 --spot",
@@ -244,12 +251,17 @@ FAKE_GCLOUD = textwrap.dedent("""\
         elif verb == "delete":
             state.unlink(missing_ok=True)
         sys.exit(0)
-    if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
+    if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:  # copy the file into every worker's home
+        for worker in range(2):
+            home = state_dir / f"worker{{worker}}"
+            home.mkdir(parents=True, exist_ok=True)
+            (home / args[5].split(":", 1)[1]).write_bytes(pathlib.Path(args[4]).read_bytes())
         sys.exit(0)
     assert args[:4] == ["compute", "tpus", "tpu-vm", "ssh"], args
     command = args[args.index("--command") + 1]
     out_dir = next((a.split("=", 1)[1] for a in args if a.startswith("--output-directory=")), None)
-    if "t1-logs" not in command:  # installs are only recorded
+    fake_bin = os.environ.get("FAKE_WORKER_BIN")
+    if "t1-logs" not in command and not fake_bin:  # installs are only recorded, unless the workers have fake tools
         sys.exit(0)
     preempt = state_dir / "preempt_runs"
     if "setsid" in command and preempt.exists() and int(preempt.read_text()) > 0:
@@ -261,6 +273,8 @@ FAKE_GCLOUD = textwrap.dedent("""\
         home = state_dir / f"worker{{worker}}"
         (home / "t1-jax").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, HOME=str(home), T1_WORKER=str(worker))
+        if fake_bin and "t1-logs" not in command:  # an install: this worker's own python3 (see FAKE_PYTHONS)
+            env.update(PATH=fake_bin + ":" + os.environ["PATH"], FAKE_PY=os.environ["FAKE_PYTHONS"].split(",")[worker])
         procs.append(subprocess.Popen(["bash", "-c", command], cwd=home, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     for worker, proc in enumerate(procs):
@@ -369,3 +383,84 @@ def test_supervise_gives_up_after_bounded_retries(fake):
                 "--max-retries", "2", "--", "true", env=fake["env"], timeout=120)
     assert result.returncode == 1 and "giving up after 3 attempts" in result.stderr
     assert _verbs(fake["calls"]()).count("ssh:run") == 3
+
+
+# Worker tools for the install test: python3 of the version in $FAKE_PY (3.10 on one worker, as on the Ubuntu 22.04
+# TPU runtimes), uv, and the venv's python; each logs what it is asked to do to ~/install.log.
+FAKE_PYTHON3 = """#!/bin/bash
+echo "python3($FAKE_PY) $*" >> "$HOME/install.log"
+case "$1" in
+  --version) echo "Python $FAKE_PY.0" ;;
+  -c) [ "$FAKE_PY" != 3.10 ] ;;  # the install script's version test: status 0 when >= 3.11
+  -m)
+    if [ "$2" = venv ]; then mkdir -p "$3/bin" && cp "$FAKE_WORKER_BIN/venv-python" "$3/bin/python";
+    elif [ "$2" = pip ]; then mkdir -p "$HOME/.local/bin" && cp "$FAKE_WORKER_BIN/uv" "$HOME/.local/bin/uv"; fi ;;
+esac
+"""
+FAKE_UV = """#!/bin/bash
+echo "uv $*" >> "$HOME/install.log"
+[ "$1" = venv ] && mkdir -p "${@: -1}/bin" && cp "$FAKE_WORKER_BIN/venv-python" "${@: -1}/bin/python"
+"""
+FAKE_VENV_PYTHON = """#!/bin/bash
+echo "venv-python $*" >> "$HOME/install.log"
+if [[ "$*" == *"install -e .[tpu]"* ]]; then
+  printf '#!/bin/bash\\necho "t1 from the venv: $*"\\n' > "$(dirname "$0")/t1" && chmod +x "$(dirname "$0")/t1"
+fi
+"""
+
+
+def test_install_provisions_python_311_venv_on_a_310_worker_and_run_uses_it(fake, tmp_path):
+    fake_bin = tmp_path / "worker-bin"
+    fake_bin.mkdir()
+    for name, text in (("python3", FAKE_PYTHON3), ("uv", FAKE_UV), ("venv-python", FAKE_VENV_PYTHON)):
+        (fake_bin / name).write_text(text)
+        (fake_bin / name).chmod(0o755)
+    env = dict(fake["env"], FAKE_WORKER_BIN=str(fake_bin), FAKE_PYTHONS="3.12,3.10")
+    result = sh("install.sh", *SLICE, "--source", "local", env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    logs = [(fake["state"] / f"worker{w}" / "install.log").read_text() for w in range(2)]
+    # worker 0 (python3 3.12): a plain venv; worker 1 (3.10): uv's managed CPython 3.11
+    assert "python3(3.12) -m venv" in logs[0] and "uv" not in logs[0]
+    assert "python3(3.10) -m venv" not in logs[1] and "python3(3.10) -m pip install --user --upgrade uv" in logs[1]
+    assert "uv venv --seed --python 3.11" in logs[1]
+    for log in logs:  # the project goes into the venv, not the system Python
+        assert "venv-python -m pip install -e .[tpu]" in log and "python3(3.10) -m pip install -e" not in log
+    assert (fake["state"] / "worker1" / "t1-jax" / "setup.cfg").is_file()  # the archive was unpacked there
+    # run.sh puts the venv first on PATH: `t1` is the venv's
+    ran = sh("run.sh", *SLICE, "--stream", "--", "t1", "train", "--workdir", "gs://b/r", env=fake["env"])
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.count("t1 from the venv: train --workdir gs://b/r") == 2
+    # a second install reuses the venvs
+    assert sh("install.sh", *SLICE, "--source", "local", env=env, timeout=120).returncode == 0
+    assert (fake["state"] / "worker1" / "install.log").read_text().count("uv venv") == 1
+
+
+STOPPABLE = ["python3", "-c", "import os, signal, sys, time\n"
+             "def stop(*_):\n"
+             "    time.sleep(0.5); open('saved', 'w').write('yes'); sys.exit(75)  # a checkpoint, then 'preempted'\n"
+             "signal.signal(signal.SIGTERM, stop)\n"
+             "while True: time.sleep(0.1)\n"]
+
+
+def test_run_stop_reaches_the_command_and_its_status_is_kept(fake):
+    env = fake["env"]
+    assert sh("run.sh", *SLICE, "--detach", "--", *STOPPABLE, env=env).returncode == 0
+    time.sleep(1.0)  # the commands install their handlers
+    assert sh("run.sh", *SLICE, "--stop", "--stream", env=env).returncode == 0
+    for worker in range(2):
+        home = fake["state"] / f"worker{worker}"
+        deadline = time.time() + 20
+        while time.time() < deadline and not (home / "t1-logs" / "train.exit").exists():
+            time.sleep(0.1)
+        assert (home / "t1-jax" / "saved").read_text() == "yes"  # the signal reached the command, which saved
+        assert (home / "t1-logs" / "train.exit").read_text().strip() == "75"  # the leader waited for its status
+
+
+def test_supervise_resumes_after_a_preempted_exit_without_spending_retries(fake):
+    # First run: the command saves and exits 75 (as t1 train after SIGTERM); second run: it finishes.
+    command = ["bash", "-c", "if [ -e once ]; then echo finished; else touch once; exit 75; fi"]
+    result = sh("supervise.sh", *SLICE, "--type", "v5p-8", "--repo-url", "u", "--poll", "0", "--backoff", "0",
+                "--max-retries", "0", "--", *command, env=fake["env"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "status 75: preempted" in result.stderr and "command finished on every worker" in result.stderr
+    assert _verbs(fake["calls"]()).count("ssh:run") == 2

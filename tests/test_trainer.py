@@ -78,10 +78,16 @@ def test_kill_during_async_write_resumes(tmp_path, baseline):
     np.testing.assert_allclose(_final(tmp_path), final, rtol=1e-6, atol=0)
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, baseline):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_stop_signal_saves_and_exits_as_preempted(tmp_path, baseline, signal_name):
+    """SIGTERM (the preemption notice) and Ctrl-C save at the end of the step and exit with status 75 ("preempted,
+    resume"), which tpu/supervise.sh must never read as finished; the rerun continues to the uninterrupted result."""
+    from t1_jax.trainer import Preempted
+
     _, final = baseline
-    result = _run(tmp_path, 6, "--sigterm-before-step", "3", "--checkpoint-every", "100", expect=0)
-    assert "preemption signal received: saved step 3" in result.stderr
+    result = _run(tmp_path, 6, "--signal-before-step", "3", "--signal", signal_name, "--checkpoint-every", "100",
+                  expect=Preempted.EXIT_CODE)
+    assert f"{signal_name} received" in result.stderr and "saved step 3" in result.stderr
     assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [3]
     result = _run(tmp_path, 6, "--checkpoint-every", "100")
     assert "resumed from step 3" in result.stderr

@@ -8,8 +8,9 @@ usage() {
   cat <<USAGE
 Usage: tpu/install.sh --project P --zone Z --name N [--source git|local] [--repo-url URL] [--branch B] [--dry-run]
 
-Install t1-jax on every worker, in ~/REMOTE_DIR, then 'python3 -m pip install -e ".[tpu]"' there. Safe to re-run
-(an existing checkout is moved to the branch's latest commit).
+Install t1-jax on every worker, in ~/REMOTE_DIR, into a Python >= 3.11 venv at ~/t1-venv (the worker's python3 when
+it is >= 3.11, else a CPython 3.11 that uv downloads), with 'pip install -e ".[tpu]"'. Safe to re-run (an existing
+checkout is moved to the branch's latest commit; an existing venv is reused).
   --source git    (default) clone --repo-url at --branch on each worker (fetch + checkout when already cloned)
   --source local  pack this working tree's HEAD with 'git archive' (commit first: uncommitted edits are not
                   included), copy it to every worker with 'tpu-vm scp --worker=all' and unpack it
@@ -37,7 +38,15 @@ while [[ $# -gt 0 ]]; do
 done
 t1_check_slice
 
-PIP="python3 -m pip install --upgrade pip && python3 -m pip install -e '.[tpu]'"
+# A Python the pins support (>= 3.11) in a venv, ~/t1-venv: the worker's python3 when it is new enough (and has venv),
+# else a managed CPython 3.11 from uv (the Ubuntu 22.04 TPU runtimes ship 3.10). run.sh puts ~/t1-venv/bin first on
+# PATH. The version test is a command's status, so it survives the remote shell's quoting unchanged.
+VENV="\$HOME/${T1_VENV}"
+PIP="if [ ! -x ${VENV}/bin/python ]; then if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'"
+PIP+=" 2>/dev/null && python3 -m venv ${VENV}; then echo \"t1: ${VENV} from \$(python3 --version)\"; else"
+PIP+=" python3 -m pip install --user --upgrade uv && \$HOME/.local/bin/uv venv --seed --python 3.11 ${VENV}"
+PIP+=" && echo \"t1: ${VENV} from CPython 3.11 (uv)\"; fi; fi; ${VENV}/bin/python -m pip install --upgrade pip"
+PIP+=" && ${VENV}/bin/python -m pip install -e '.[tpu]'"
 if [[ ${SOURCE} == git ]]; then
   [[ -n ${REPO_URL} ]] || t1_die "no repository: pass --repo-url or set T1_REPO_URL (or use --source local)"
   url=$(t1_quote "${REPO_URL}")

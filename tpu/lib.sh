@@ -226,10 +226,19 @@ t1_wait_active() {  # poll_seconds timeout_seconds
 
 # The script run on every worker for `run.sh`: start the command detached (setsid + nohup, so a dropped ssh does not
 # kill it) unless this run is already alive there, then follow its log until it exits and return its exit code.
+# The workers' Python environment (tpu/install.sh makes it, tpu/run.sh runs in it), relative to the remote home.
+T1_VENV=t1-venv
+
+# `t1 train` exits with this status after saving a checkpoint on SIGTERM/SIGINT (t1_jax.trainer.Preempted).
+T1_PREEMPTED_STATUS=75
+
 t1_remote_run_script() {  # detach(0|1) env-exports command
   local detach=$1 exports=$2 command=$3
   local base="${REMOTE_LOGS}/${RUN}"
-  local inner="${exports}(cd ${REMOTE_DIR} && ${command}); echo \$? > ${base}.exit"
+  # The leader bash traps TERM/INT instead of dying, so `run.sh --stop` (TERM to the whole process group) reaches the
+  # command, and the leader waits for it to save and exit before it records the command's status. No subshell: a
+  # subshell would reset the trap and die first.
+  local inner="trap true TERM INT; ${exports}cd ${REMOTE_DIR} && ${command}; echo \$? > \$HOME/${base}.exit"
   local script="mkdir -p ${REMOTE_LOGS}"
   script+="; if [ -f ${base}.pid ] && kill -0 \"\$(cat ${base}.pid)\" 2>/dev/null; then echo \"t1: run ${RUN} is"
   script+=" already running on \$(hostname); attaching\"; else rm -f ${base}.exit; setsid nohup bash -c"

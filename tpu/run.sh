@@ -10,7 +10,8 @@ Usage: tpu/run.sh --project P --zone Z --name N [--run R] [--env K=V ...] [--det
        tpu/run.sh --project P --zone Z --name N [--run R] --stop [--dry-run]
 
 Run COMMAND in ~/REMOTE_DIR on every worker at once ('tpu-vm ssh --worker=all'). On each worker the command runs
-under setsid+nohup with its output in ~/t1-logs/R.log, so a dropped ssh connection does not stop training; running
+under setsid+nohup with its output in ~/t1-logs/R.log, so a dropped ssh connection does not stop training (PATH
+starts with ~/t1-venv/bin, the environment tpu/install.sh made); running
 the same --run again while it is alive re-attaches instead of starting a second copy. Without --detach the script
 follows the logs until the command ends on every worker and exits with its status; gcloud saves one log file per
 worker under LOG_DIR/N/R/ (or, with --stream, interleaves them on stdout). ~/.local/bin is put on PATH, so 't1' works.
@@ -22,6 +23,8 @@ Flags (environment variable in brackets):
   --project P       Google Cloud project [T1_TPU_PROJECT]
   --zone Z          zone [T1_TPU_ZONE]
   --name N          slice (node) name [T1_TPU_NAME]
+  --type T          accelerator type, exported to the command as T1_TOPOLOGY (the experiments' layout row)
+                    [T1_TPU_TYPE]
   --run R           run name: remote log t1-logs/R.log (default train) [T1_RUN_NAME]
   --remote-dir D    project checkout on the workers (default t1-jax) [T1_REMOTE_DIR]
   --log-dir L       local folder for per-worker logs (default tpu-logs) [T1_LOG_DIR]
@@ -38,7 +41,7 @@ DETACH=0
 STREAM=0
 STOP=0
 # shellcheck disable=SC2016  # expanded on the workers, not here
-EXPORTS='export PATH="$HOME/.local/bin:$PATH"; '
+EXPORTS="export PATH=\"\$HOME/${T1_VENV}/bin:\$HOME/.local/bin:\$PATH\"; "
 COMMAND=()
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -47,7 +50,7 @@ while [[ $# -gt 0 ]]; do
     --stop) STOP=1; shift ;;
     --) shift; COMMAND=("$@"); break ;;
     *)
-      if ! t1_common_flag "project zone name run remote-dir log-dir env" "$@"; then
+      if ! t1_common_flag "project zone name type run remote-dir log-dir env" "$@"; then
         [[ ${T1_FLAG_VALUE} =~ ^[A-Za-z_][A-Za-z0-9_]*=.*$ ]] || t1_die "--env needs KEY=VALUE, got '${T1_FLAG_VALUE}'"
         EXPORTS+="export ${T1_FLAG_VALUE%%=*}=$(t1_quote "${T1_FLAG_VALUE#*=}"); "
       fi
@@ -55,6 +58,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 t1_check_slice
+# The experiments pick their layout row from T1_TOPOLOGY (TPU_ACCELERATOR_TYPE is not set on every image).
+[[ -n ${ACCEL} ]] && EXPORTS+="export T1_TOPOLOGY=$(t1_quote "${ACCEL/#v5e-/v5litepod-}"); "
 if ((STOP)); then
   [[ ${#COMMAND[@]} -eq 0 ]] || t1_die "--stop takes no command"
   pid="${REMOTE_LOGS}/${RUN}.pid"

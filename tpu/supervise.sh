@@ -81,7 +81,7 @@ CREATE=("${HERE}/create.sh" "${SLICE[@]}" --type "${ACCEL}" --runtime "${RUNTIME
 INSTALL=("${HERE}/install.sh" "${SLICE[@]}" --source "${SOURCE}" --branch "${BRANCH}" --remote-dir "${REMOTE_DIR}"
   "${DRY[@]}")
 [[ -n ${REPO_URL} ]] && INSTALL+=(--repo-url "${REPO_URL}")
-RUN_CMD=("${HERE}/run.sh" "${SLICE[@]}" --run "${RUN}" --remote-dir "${REMOTE_DIR}" --log-dir "${LOG_DIR}"
+RUN_CMD=("${HERE}/run.sh" "${SLICE[@]}" --type "${ACCEL}" --run "${RUN}" --remote-dir "${REMOTE_DIR}" --log-dir "${LOG_DIR}"
   "${RUN_EXTRA[@]}" "${DRY[@]}" -- "${COMMAND[@]}")
 DELETE=("${HERE}/delete.sh" "${SLICE[@]}" "${DRY[@]}")
 
@@ -123,6 +123,11 @@ while true; do
     t1_log "command finished on every worker"
     if ((DELETE_WHEN_DONE)); then "${DELETE[@]}"; fi
     exit 0
+  fi
+  if ((status == T1_PREEMPTED_STATUS)); then  # t1 saved a checkpoint on a stop signal: never "done", not a failure
+    t1_log "the run saved a checkpoint and stopped (status ${status}: preempted); resuming in ${BACKOFF}s"
+    sleep "${BACKOFF}"
+    continue
   fi
   attempt=$((attempt + 1))
   if ((attempt > MAX_RETRIES)); then

@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NOT_AVAILABLE
     print(result.format())
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
+        from t1_jax import fs
+
+        fs.write_text(args.json, json.dumps(result.to_dict(), indent=2))
     if not result.fits:
         print(f"t1 compile-check: {cfg.name} does not fit {spec.accelerator_type}: over by "
               f"{result.overflow_gib:.3f} GiB per chip", file=sys.stderr)

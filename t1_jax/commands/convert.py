@@ -34,13 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from t1_jax import fs
+
     start = time.perf_counter()
     if args.direction == "hf-to-t1":
         from t1_jax.model.hf import import_hf, set_token_row
         from t1_jax.model.params_io import save_model
 
         overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
-        model = import_hf(args.src, cfg_overrides=overrides)
+        with fs.local_copy(args.src) as src:  # safetensors are memory-mapped: a gs:// folder is downloaded first
+            model = import_hf(src, cfg_overrides=overrides)
         if args.emb_token_id is not None:
             real = args.real_vocab or min(args.emb_token_id, model.cfg.vocab_size)
             set_token_row(model, args.emb_token_id, real)
@@ -52,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
         model = load_model(args.src)
         dtype = args.dtype or model.cfg.compute_dtype
-        export_hf(model, args.dst, tokenizer_dir=args.tokenizer, dtype=dtype,
-                  max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
+        with fs.local_output_dir(args.dst) as dst, fs.local_copy(args.tokenizer or "") as tokenizer:
+            export_hf(model, dst, tokenizer_dir=tokenizer or None, dtype=dtype,
+                      max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
         what = f"{args.src} ({model.cfg.param_dtype}) -> {args.dst} (HF safetensors, {dtype})"
     cfg = model.cfg
     print(f"converted {what}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 NAME = "embed"
 HELP = "embed queries (reasoning, then <embtoken>) or documents with a trained T1 model; .npy or .jsonl out"
@@ -28,9 +27,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_encoder(args: argparse.Namespace, checkpoint: str):
-    import os as _os
-
     from t1_jax import config as config_lib
+    from t1_jax import distributed, fs
     from t1_jax.config import MeshConfig
     from t1_jax.encoder import Encoder
     from t1_jax.mesh import make_mesh
@@ -38,10 +36,12 @@ def load_encoder(args: argparse.Namespace, checkpoint: str):
 
     if args.config:
         cfg = config_lib.load_config(args.config, args.overrides)
+        distributed.initialize(cfg.mesh)
     else:
-        run_cfg = _os.path.join(_os.path.dirname(_os.path.abspath(model_dir(checkpoint))), "config.json")
-        base = config_lib.load_config(run_cfg) if _os.path.isfile(run_cfg) else config_lib.ExperimentConfig()
+        run_cfg = fs.join(fs.dirname(model_dir(checkpoint)), "config.json")
+        base = config_lib.load_config(run_cfg) if fs.isfile(run_cfg) else config_lib.ExperimentConfig()
         cfg = config_lib.apply_overrides(base, args.overrides)
+        distributed.initialize(config_lib.MeshConfig())  # a trained run's mesh section names its training slice
     # A mesh over this process's devices only: on several hosts each process encodes its own chunks independently
     # (t1_jax.retrieval.store assigns them), so no collective may span hosts.
     import jax
@@ -76,27 +76,29 @@ def write_embeddings(out: str, ids, emb_nd, reasoning=None) -> list[str]:
     """Write ``.npy`` (+ ids, + reasoning jsonl) or ``.jsonl``; returns the paths written."""
     import numpy as np
 
+    from t1_jax import fs
     from t1_jax.retrieval.queries import write_ids
 
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if out.endswith(".jsonl"):
-        with open(out, "w", encoding="utf-8") as f:
-            for i, x in enumerate(ids):
-                row = {"id": x, "embedding": [float(v) for v in emb_nd[i]]}
-                if reasoning is not None:
-                    row["reasoning"] = reasoning[i]
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows = []
+        for i, x in enumerate(ids):
+            row = {"id": x, "embedding": [float(v) for v in emb_nd[i]]}
+            if reasoning is not None:
+                row["reasoning"] = reasoning[i]
+            rows.append(json.dumps(row, ensure_ascii=False) + "\n")
+        fs.write_text(out, "".join(rows))
         return [out]
     if not out.endswith(".npy"):
         raise ValueError(f"--out must end with .npy or .jsonl, got {out!r}")
     stem = out[:-len(".npy")]
-    np.save(out, np.asarray(emb_nd, np.float32))
+    fs.makedirs(fs.dirname(out))
+    with fs.open(out, "wb") as f:
+        np.save(f, np.asarray(emb_nd, np.float32))
     write_ids(stem + ".ids.txt", ids)
     written = [out, stem + ".ids.txt"]
     if reasoning is not None:
-        with open(stem + ".reasoning.jsonl", "w", encoding="utf-8") as f:
-            for x, r in zip(ids, reasoning):
-                f.write(json.dumps({"id": x, "reasoning": r}, ensure_ascii=False) + "\n")
+        fs.write_text(stem + ".reasoning.jsonl", "".join(json.dumps({"id": x, "reasoning": r}, ensure_ascii=False)
+                                                         + "\n" for x, r in zip(ids, reasoning)))
         written.append(stem + ".reasoning.jsonl")
     return written
 

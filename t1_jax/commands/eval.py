@@ -93,5 +93,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {system} on {dataset}: {reason}")
     if args.out:
         ev.write_json(args.out, results)
-        print(f"wrote {os.path.abspath(args.out)}")
+        print(f"wrote {fs.absolute(args.out)}")
     return 0

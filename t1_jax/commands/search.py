@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from typing import Callable
 
 NAME = "search"
@@ -126,10 +125,10 @@ def _searcher(args: argparse.Namespace, dim: int):
 
 
 def write_reasoning(path: str, batch: QueryBatch) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for qid in batch.ids:
-            f.write(json.dumps({"id": qid, "reasoning": batch.reasoning.get(qid, "")}, ensure_ascii=False) + "\n")
+    from t1_jax import fs
+
+    fs.write_text(path, "".join(json.dumps({"id": qid, "reasoning": batch.reasoning.get(qid, "")},
+                                           ensure_ascii=False) + "\n" for qid in batch.ids))
 
 
 def _corpus_texts(path) -> dict:

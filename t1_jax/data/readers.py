@@ -10,8 +10,9 @@ import gzip
 import io
 import json
 import logging
-import os
 from typing import Iterable, Iterator, Optional
+
+from t1_jax import fs
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,13 @@ class DataError(ValueError):
 
 
 def _open_text(path: str) -> io.TextIOBase:
-    if not os.path.exists(path):
+    """A UTF-8 text file, local or gs:// (``t1_jax.fs``), gunzipped when it ends in ``.gz``."""
+    if not fs.exists(path):
         raise FileNotFoundError(f"{path} does not exist")
     if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        raw = gzip.GzipFile(fileobj=fs.open(path, "rb")) if fs.is_url(path) else gzip.open(path, "rb")
+        return io.TextIOWrapper(raw, encoding="utf-8")
+    return fs.open(path, encoding="utf-8")
 
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
@@ -140,8 +143,8 @@ class BeirData:
 
 def _find(directory: str, stem: str) -> str:
     for suffix in (".jsonl", ".jsonl.gz"):
-        path = os.path.join(directory, stem + suffix)
-        if os.path.exists(path):
+        path = fs.join(directory, stem + suffix)
+        if fs.exists(path):
             return path
     raise FileNotFoundError(f"{directory}: no {stem}.jsonl or {stem}.jsonl.gz (expected the BEIR layout: corpus, "
                             f"queries, qrels/<split>.tsv)")
@@ -179,8 +182,8 @@ def load_beir(directory: str, split: str = "test") -> BeirData:
     """A BEIR dataset folder: ``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``, ``qrels/<split>.tsv``."""
     corpus = read_beir_corpus(_find(directory, "corpus"))
     all_queries = read_queries(_find(directory, "queries"))
-    qrels_path = os.path.join(directory, "qrels", f"{split}.tsv")
-    if not os.path.exists(qrels_path):
+    qrels_path = fs.join(directory, "qrels", f"{split}.tsv")
+    if not fs.exists(qrels_path):
         raise FileNotFoundError(f"{qrels_path} does not exist (split {split!r})")
     qrels = read_qrels(qrels_path)
     missing_q = [q for q in qrels if q not in all_queries]

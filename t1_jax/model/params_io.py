@@ -1,18 +1,20 @@
 """Save/load a Qwen3 as an orbax checkpoint of its parameters plus the ModelConfig as ``model_config.json``.
 
+``directory`` may be local or gs:// (``t1_jax.fs``; orbax writes the arrays itself).
+
 Layout of ``directory``: ``model_config.json`` and ``params/`` (an orbax StandardCheckpointer tree whose keys are
 the paths of ``nnx.state(model)``, e.g. ``layers/q_proj``). Loading restores each array directly onto its sharding.
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from t1_jax import fs
 from t1_jax.config import ConfigError, ModelConfig, from_dict, to_dict
 from t1_jax.mesh import LOGICAL_RULES, Rules
 from t1_jax.model.qwen3 import Qwen3, abstract_model
@@ -26,26 +28,24 @@ def save_model(directory: str, model: Qwen3, force: bool = True) -> None:
     """Write ``model``'s parameters (orbax) and config; blocks until written."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    directory = fs.absolute(directory)
+    fs.makedirs(directory)
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(directory, PARAMS_DIR), state, force=force)
+    checkpointer.save(fs.join(directory, PARAMS_DIR), state, force=force)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
-        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-            json.dump(to_dict(model.cfg), f, indent=2, sort_keys=True)
+        fs.write_text(fs.join(directory, CONFIG_FILE), json.dumps(to_dict(model.cfg), indent=2, sort_keys=True))
 
 
 def load_config(directory: str) -> ModelConfig:
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = fs.join(directory, CONFIG_FILE)
+    if not fs.isfile(path):
         raise FileNotFoundError(f"{directory} is not a saved model: {CONFIG_FILE} is missing")
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    try:
+        data = json.loads(fs.read_text(path))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     return from_dict(data, ModelConfig)
 
 
@@ -67,7 +67,7 @@ def load_model(directory: str, mesh: Optional[Mesh] = None, rules: Rules = LOGIC
     else:
         shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), state)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
-    restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(directory), PARAMS_DIR),
+    restored = ocp.StandardCheckpointer().restore(fs.join(fs.absolute(directory), PARAMS_DIR),
                                                   nnx.to_pure_dict(target))
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)

@@ -16,6 +16,7 @@ import os
 import re
 from typing import Callable, Mapping, Optional, Sequence
 
+from t1_jax import fs
 from t1_jax.data import readers
 from t1_jax.retrieval import metrics
 
@@ -80,7 +81,7 @@ def _bright_topics(directory: str) -> dict[str, str]:
 
 
 def _first_existing(paths: Sequence[str]) -> Optional[str]:
-    return next((p for p in paths if os.path.exists(p)), None)
+    return next((p for p in paths if fs.exists(p)), None)
 
 
 def bright_datasets(directory: str, docs_dir: Optional[str] = None, domains: Sequence[str] = (),
@@ -138,7 +139,7 @@ def run_file_system(pattern: str) -> Callable[[Dataset], Run]:
         from t1_jax.retrieval.trec import read_run
 
         path = _fill(pattern, dataset)
-        if not os.path.exists(path):
+        if not fs.exists(path):
             raise SkipDataset(f"no run file {path}")
         return read_run(path)
 
@@ -154,7 +155,7 @@ def dense_system(index_pattern: str, queries_pattern: str, ids_pattern: Optional
 
         index_dir, queries_path = _fill(index_pattern, dataset), _fill(queries_pattern, dataset)
         for path in (index_dir, queries_path):
-            if not os.path.exists(path):
+            if not fs.exists(path):
                 raise SkipDataset(f"{path} does not exist")
         qids, q_bd, _ = load_query_embeddings(queries_path, _fill(ids_pattern, dataset) if ids_pattern else None)
         return search_to_run(load_index(index_dir, expected_dim=q_bd.shape[1]), q_bd, qids, k)
@@ -227,7 +228,4 @@ def format_table(results: Results, metric: str = "nDCG@10", scale: float = 100.0
 
 
 def write_json(path: str, results: Results) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results.to_json(), f, indent=2, sort_keys=True)
-        f.write("\n")
+    fs.write_text(path, json.dumps(results.to_json(), indent=2, sort_keys=True) + "\n")

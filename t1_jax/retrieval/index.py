@@ -29,6 +29,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from t1_jax import fs
+
 log = logging.getLogger(__name__)
 
 FORMAT = "t1-scann-index/1"
@@ -155,14 +157,14 @@ class Index:
         return scores, ids
 
     def save(self, out_dir: str) -> None:
+        """Serialize to ``out_dir`` (local, or gs:// through a local folder that is uploaded)."""
         from t1_jax.retrieval.queries import write_ids
 
-        os.makedirs(os.path.join(out_dir, "scann"), exist_ok=True)
-        self._searcher.serialize(os.path.join(out_dir, "scann"), relative_path=True)
-        write_ids(os.path.join(out_dir, "ids.txt"), list(self.ids))
-        with open(os.path.join(out_dir, "meta.json"), "w") as f:
-            json.dump(self.meta, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with fs.local_output_dir(out_dir) as local_dir:
+            os.makedirs(os.path.join(local_dir, "scann"), exist_ok=True)
+            self._searcher.serialize(os.path.join(local_dir, "scann"), relative_path=True)
+            write_ids(os.path.join(local_dir, "ids.txt"), list(self.ids))
+            fs.write_text(os.path.join(local_dir, "meta.json"), json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
 
 
 def build_index(emb_nd, ids: Sequence[str], out_dir: Optional[str] = None, fingerprint: str = "",
@@ -222,15 +224,21 @@ def _tune(index: Index, emb_nd: np.ndarray, s: IndexSettings, queries, tune_leav
 
 def load_index(index_dir: str, expected_dim: Optional[int] = None,
                expected_fingerprint: Optional[str] = None) -> Index:
-    """Load a folder written by :func:`build_index`; a different dimension or model fingerprint is an error."""
+    """Load a folder written by :func:`build_index` (local or gs://); a different dimension or model fingerprint is
+    an error."""
+    meta_path = fs.join(index_dir, "meta.json")
+    if not fs.exists(meta_path):
+        raise FileNotFoundError(f"{index_dir}: not an index folder (no meta.json; build one with `t1 index`)")
+    with fs.local_copy(index_dir) as local_dir:  # ScaNN reads local files
+        return _load_local(local_dir, index_dir, expected_dim, expected_fingerprint)
+
+
+def _load_local(local_dir: str, index_dir: str, expected_dim: Optional[int], expected_fingerprint: Optional[str]):
     from scann.scann_ops.py import scann_ops_pybind
 
     from t1_jax.retrieval.queries import read_ids
 
-    meta_path = os.path.join(index_dir, "meta.json")
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"{index_dir}: not an index folder (no meta.json; build one with `t1 index`)")
-    with open(meta_path) as f:
+    with open(os.path.join(local_dir, "meta.json")) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{index_dir}: unknown index format {meta.get('format')!r} (expected {FORMAT})")
@@ -239,8 +247,8 @@ def load_index(index_dir: str, expected_dim: Optional[int] = None,
     if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
         raise ValueError(f"{index_dir}: index was built from model {meta['fingerprint'] or '(unknown)'!r}, not "
                          f"{expected_fingerprint!r}; re-encode the corpus and rebuild the index")
-    ids = read_ids(os.path.join(index_dir, "ids.txt"))
+    ids = read_ids(os.path.join(local_dir, "ids.txt"))
     if len(ids) != meta["num_docs"]:
         raise ValueError(f"{index_dir}: ids.txt has {len(ids)} ids for {meta['num_docs']} documents")
-    searcher = scann_ops_pybind.load_searcher(os.path.join(index_dir, "scann"))
+    searcher = scann_ops_pybind.load_searcher(os.path.join(local_dir, "scann"))
     return Index(searcher, ids, meta)

@@ -5,12 +5,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from t1_jax import fs
 from t1_jax.data.readers import DataError, read_jsonl, require
 
 
 def read_ids(path: str) -> list[str]:
     """One id per line (blank lines are an error: an id file must line up row for row with its embeddings)."""
-    with open(path, encoding="utf-8") as f:
+    with fs.open(path, encoding="utf-8") as f:
         ids = [line.rstrip("\n") for line in f]
     if ids and ids[-1] == "":
         ids.pop()
@@ -21,11 +22,10 @@ def read_ids(path: str) -> list[str]:
 
 
 def write_ids(path: str, ids: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for x in ids:
-            if "\n" in x or not x.strip():
-                raise ValueError(f"id {x!r} cannot be written one per line")
-            f.write(x + "\n")
+    for x in ids:
+        if "\n" in x or not x.strip():
+            raise ValueError(f"id {x!r} cannot be written one per line")
+    fs.write_text(path, "".join(x + "\n" for x in ids))
 
 
 def check_unique(ids: Sequence[str], source: str) -> None:
@@ -40,7 +40,11 @@ def load_embeddings(path: str, ids_path: Optional[str], what: str = "embeddings"
     """``(ids, x_nd float32)`` from ``.npy`` + ids file; checks shape, row count, finiteness and unique ids."""
     if not ids_path:
         raise ValueError(f"{path}: a .npy file of {what} needs its ids file (one id per line, same order)")
-    x_nd = np.load(path, mmap_mode="r")
+    if fs.is_url(path):
+        with fs.open(path, "rb") as f:
+            x_nd = np.load(f)
+    else:
+        x_nd = np.load(path, mmap_mode="r")
     if x_nd.ndim != 2:
         raise DataError(f"{path}: expected a 2-D array [rows, dim] of {what}, got shape {x_nd.shape}")
     ids = read_ids(ids_path)

@@ -4,11 +4,11 @@ Qrels reading lives in :mod:`t1_jax.data.readers` (training uses it too) and is 
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from t1_jax import fs
 from t1_jax.data.readers import DataError, _open_text, read_qrels  # noqa: F401  (re-export)
 from t1_jax.retrieval.metrics import rank
 
@@ -42,15 +42,13 @@ def write_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str = "t1"
     """Write ``run`` in trec_eval order (ranks 1..k per query), atomically."""
     if any(ch.isspace() for ch in tag) or not tag:
         raise ValueError(f"run tag must be a non-empty word without spaces, got {tag!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for qid, scores in run.items():
-            for r, docid in enumerate(rank(scores)[:k], start=1):
-                if any(ch.isspace() for ch in docid) or any(ch.isspace() for ch in qid):
-                    raise ValueError(f"ids in a TREC run cannot contain whitespace: query {qid!r}, document {docid!r}")
-                f.write(f"{qid} Q0 {docid} {r} {float(scores[docid])!r} {tag}\n")  # repr: exact round trip
-    os.replace(tmp, path)
+    lines = []
+    for qid, scores in run.items():
+        for r, docid in enumerate(rank(scores)[:k], start=1):
+            if any(ch.isspace() for ch in docid) or any(ch.isspace() for ch in qid):
+                raise ValueError(f"ids in a TREC run cannot contain whitespace: query {qid!r}, document {docid!r}")
+            lines.append(f"{qid} Q0 {docid} {r} {float(scores[docid])!r} {tag}\n")  # repr: exact round trip
+    fs.write_text(path, "".join(lines))  # local: written beside and renamed; gs://: one object
 
 
 def run_from_arrays(query_ids: Sequence[str], scores_bk: np.ndarray, doc_ids_bk) -> dict[str, dict[str, float]]:
@@ -65,7 +63,5 @@ def run_from_arrays(query_ids: Sequence[str], scores_bk: np.ndarray, doc_ids_bk)
 
 
 def write_qrels(path: str, qrels: Mapping[str, Mapping[str, int]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for qid, docs in qrels.items():
-            for docid, rel in docs.items():
-                f.write(f"{qid} 0 {docid} {int(rel)}\n")
+    fs.write_text(path, "".join(f"{qid} 0 {docid} {int(rel)}\n" for qid, docs in qrels.items()
+                                for docid, rel in docs.items()))

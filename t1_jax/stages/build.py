@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Callable, Optional
 
 import jax
 from flax import nnx
 
 from t1_jax import config as config_lib
+from t1_jax import distributed
+from t1_jax import fs
 from t1_jax import mesh as mesh_lib
 from t1_jax.config import ConfigError, ExperimentConfig
 from t1_jax.trainer import Trainer, TrainStage, TrainState
@@ -36,8 +37,8 @@ def resolve_model_config(cfg: ExperimentConfig, formatter) -> ExperimentConfig:
 
 def model_dir(path: str) -> str:
     """``init_from`` may name a saved model folder or a previous stage's workdir (its ``model/``)."""
-    candidate = os.path.join(path, MODEL_SUBDIR)
-    return candidate if os.path.isdir(candidate) else path
+    candidate = fs.join(path, MODEL_SUBDIR)
+    return candidate if fs.isdir(candidate) else path
 
 
 def pretrained_loader(cfg: ExperimentConfig, mesh, formatter, param_dtype: Optional[str] = None
@@ -151,7 +152,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
     """Validate, build the stage named by ``trainer.stage``, train (resuming), and save the final model."""
     from t1_jax.text import formatter_from_config
 
-    mesh_lib.initialize_distributed(cfg.mesh)
+    distributed.initialize(cfg.mesh)
     config_lib.validate(cfg, device_count=jax.device_count(), training=True)
     if cfg.trainer.stage not in STAGE_BUILDERS:
         raise ConfigError(f"trainer.stage {cfg.trainer.stage!r} has no builder; known: {sorted(STAGE_BUILDERS)}")
@@ -168,9 +169,10 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
         from t1_jax.model.params_io import save_model
 
         graphdef = nnx.graphdef(abstract_model(cfg.model))
-        out = os.path.join(workdir, MODEL_SUBDIR)
+        out = fs.join(workdir, MODEL_SUBDIR)
         save_model(out, nnx.merge(graphdef, state.params))
         if jax.process_index() == 0:  # a shared path: one writer
-            formatter.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+            with fs.local_output_dir(fs.join(out, "tokenizer")) as tokenizer_dir:
+                formatter.tokenizer.save_pretrained(tokenizer_dir)
         log.info("finished %s: model saved to %s", stage.name, out)
     return state

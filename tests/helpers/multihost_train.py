@@ -31,7 +31,6 @@ def main() -> int:
         parser.add_argument(name)
     for name in ("steps", "process_id", "num_processes", "port"):
         parser.add_argument(name, type=int)
-    parser.add_argument("--stop-after", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"[p{args.process_id}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -39,7 +38,7 @@ def main() -> int:
 
     from t1_jax import config as config_lib
     from t1_jax.stages import build
-    from t1_jax.trainer import Trainer
+    from t1_jax.trainer import Preempted
 
     overrides = [f"text.tokenizer={args.tokenizer}", f"data.train_path={args.train_jsonl}",
                  "text.max_query_tokens=100", "text.max_doc_tokens=64", "data.length_buckets=128",
@@ -50,9 +49,11 @@ def main() -> int:
         overrides += [f"mesh.coordinator_address=localhost:{args.port}", f"mesh.num_processes={args.num_processes}",
                       f"mesh.process_id={args.process_id}"]
     cfg = config_lib.load_config("experiments/tiny_stage1.py", overrides)
-    if args.stop_after:  # every process stops at the same step, as after JAX's preemption sync point
-        Trainer._preempted = lambda self, step: step == args.stop_after
-    state = build.train(cfg, args.workdir)
+    try:
+        state = build.train(cfg, args.workdir)
+    except Preempted as e:  # SIGTERM reached XLA's preemption notifier; every process saved the same step
+        print(f"[p{args.process_id}] {e}", flush=True)
+        return Preempted.EXIT_CODE
     assert jax.process_count() == args.num_processes and jax.device_count() == 8
     if int(state.step) == args.steps:
         from jax.experimental import multihost_utils

@@ -1,7 +1,7 @@
 """A toy stage (linear regression on a grain pipeline) that drives the real Trainer; run as a subprocess by tests.
 
 Usage: python -m tests.helpers.toy_train WORKDIR NUM_STEPS [--die-before-step K [--wait-for-checkpoint]]
-       [--nan-at-step K] [--sigterm-before-step K]
+       [--nan-at-step K] [--signal-before-step K [--signal SIGTERM|SIGINT]]
 """
 import os
 import sys
@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from t1_jax import config as config_lib  # noqa: E402
 from t1_jax import mesh as mesh_lib  # noqa: E402
-from t1_jax.trainer import Trainer, TrainStage  # noqa: E402
+from t1_jax.trainer import Preempted, Trainer, TrainStage  # noqa: E402
 
 D_IN, D_OUT, N = 16, 4, 256
 
@@ -58,8 +58,8 @@ class Saboteur(grain.DatasetIterator):
                 while not os.path.isdir(path) and time.time() < deadline:
                     time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)
-        if step == self.args.sigterm_before_step:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if step == self.args.signal_before_step:
+            os.kill(os.getpid(), getattr(signal, self.args.signal))
         batch = next(self.it)
         if step == self.args.nan_at_step:
             batch = {**batch, "x": np.full_like(batch["x"], np.nan)}
@@ -79,7 +79,8 @@ def main():
     parser.add_argument("--die-before-step", type=int, default=-1)
     parser.add_argument("--wait-for-checkpoint", action="store_true")
     parser.add_argument("--nan-at-step", type=int, default=-1)
-    parser.add_argument("--sigterm-before-step", type=int, default=-1)
+    parser.add_argument("--signal-before-step", type=int, default=-1)
+    parser.add_argument("--signal", default="SIGTERM", choices=("SIGTERM", "SIGINT"))
     parser.add_argument("--checkpoint-every", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
@@ -109,7 +110,11 @@ def main():
                  "bias": mesh_lib.logical_sharding(mesh, ("mlp",))}
     stage = TrainStage(name="toy", init_params=init_params, loss_fn=loss_fn, batches=batches,
                        param_shardings=shardings, tokens_in_batch=lambda b: int(b["x"].shape[0]))
-    state = Trainer(cfg, args.workdir, mesh).fit(stage)
+    try:
+        state = Trainer(cfg, args.workdir, mesh).fit(stage)
+    except Preempted as e:  # what `t1 train` does
+        print(e, file=sys.stderr)
+        return Preempted.EXIT_CODE
     np.save(os.path.join(args.workdir, "final_w.npy"), np.asarray(jax.device_get(state.params["w"])))
     return 0
 
