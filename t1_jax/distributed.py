@@ -105,3 +105,29 @@ def preemption_service_active() -> bool:
     """Whether JAX's preemption sync point is available (the distributed system is up): then the preemption notice
     (SIGTERM) is XLA's to catch, and every host learns of it through ``reached_preemption_sync_point``."""
     return _STATE is not None and _STATE.initialized
+
+
+def agreed_latest_step(latest: Optional[int]) -> Optional[int]:
+    """Process 0's view of the newest complete checkpoint, on every host (each lists the shared workdir itself, and
+    a checkpoint finishing during the listing must not make hosts restore different steps)."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return latest
+    from jax.experimental import multihost_utils
+
+    value = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if latest is None else latest)))
+    return None if value < 0 else value
+
+
+def sum_over_hosts(count: int) -> int:
+    """``count`` summed over every process (each host counts its own rows of a batch)."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return count
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.int64(count))))

@@ -58,3 +58,23 @@ def master_weight_problems(param_dtype: str, lr: float) -> list[str]:
             f"step, so {lost}{f' ({MEASURED})' if param_dtype == 'bfloat16' else ''}. Train with float32 master "
             f"weights: --set model.param_dtype=float32 "
             f"(matmuls stay in model.compute_dtype; see docs/training.md, Precision)"]
+
+
+def note_master_dtype_change(path: str, param_dtype: str) -> None:
+    """Log when a workdir's earlier config stored parameters in another dtype: its checkpoints are restored into
+    ``model.param_dtype`` (orbax casts each array), e.g. a run saved with bfloat16 masters resumes in float32."""
+    import json
+    import logging
+
+    from t1_jax import fs
+
+    try:
+        if not fs.isfile(path):
+            return
+        before = json.loads(fs.read_text(path)).get("model", {}).get("param_dtype")
+    except (OSError, ValueError):
+        return
+    if before and before != param_dtype:
+        logging.getLogger(__name__).warning(
+            "%s was written with model.param_dtype=%s; its checkpoints are restored into %s masters (and AdamW "
+            "moments), each array cast on restore", path, before, param_dtype)

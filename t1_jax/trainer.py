@@ -29,10 +29,11 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
 from t1_jax import config as config_lib
-from t1_jax import fs
+from t1_jax import distributed, fs
 from t1_jax import mesh as mesh_lib
 from t1_jax.observe import MetricWriter, progress
 from t1_jax.optimizer import accumulate_gradients, make_optimizer, update_metrics
+from t1_jax.precision_policy import note_master_dtype_change
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +68,6 @@ class Preempted(RuntimeError):
 # A logged step at a non-zero learning rate that changes fewer than this share of the parameters is reported: with
 # float32 masters AdamW changes nearly all of them (only embedding rows of tokens absent from the batch stay).
 STALL_FRACTION = 0.5
-
-
-def _note_master_dtype_change(path: str, cfg: config_lib.ExperimentConfig) -> None:
-    """Log when a workdir's earlier config stored parameters in another dtype: its checkpoints are restored into
-    ``model.param_dtype`` (orbax casts each array), e.g. a run saved with bfloat16 masters resumes in float32."""
-    import json
-
-    try:
-        if not fs.isfile(path):
-            return
-        before = json.loads(fs.read_text(path)).get("model", {}).get("param_dtype")
-    except (OSError, ValueError):
-        return
-    if before and before != cfg.model.param_dtype:
-        log.warning("%s was written with model.param_dtype=%s; its checkpoints are restored into %s masters (and "
-                    "AdamW moments), each array cast on restore", path, before, cfg.model.param_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +180,7 @@ class Trainer:
         if jax.process_index() == 0:
             fs.makedirs(self.workdir)
             path = fs.join(self.workdir, "config.json")
-            _note_master_dtype_change(path, cfg)
+            note_master_dtype_change(path, cfg.model.param_dtype)
             config_lib.save_json(cfg, path)
 
     # ---- state -----------------------------------------------------------------------------------------------------
@@ -280,6 +265,7 @@ class Trainer:
                 host["steps_per_s"] = window_steps / max(elapsed, 1e-9)
                 if "generated_tokens" in host:
                     host["generated_tokens_per_s"] = host["generated_tokens"] * host["steps_per_s"]
+                window_tokens = distributed.sum_over_hosts(window_tokens)  # each host counted its own rows
                 if window_tokens:
                     host["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
                     mfu = self._mfu(stage, host["tokens_per_s"])
@@ -329,7 +315,7 @@ class Trainer:
     def _restore_or_init(self, manager, init, rng0, state_shardings, stage) -> tuple[TrainState, int]:
         import grain
 
-        latest = manager.latest_step()
+        latest = distributed.agreed_latest_step(manager.latest_step())
         if latest is None and stage.pretrained is not None:
             log.info("%s: no checkpoint in %s; starting from pretrained parameters", stage.name, self.workdir)
             params = stage.pretrained()

@@ -1,6 +1,4 @@
 """Stage 1/2 loss on an 8-device mesh vs a single-device reference; GradCache equals the direct step."""
-import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp

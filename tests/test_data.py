@@ -1,6 +1,5 @@
 """Training data: jsonl/BEIR loading with file:line errors and skip reports; the grain batch layout; resumable state."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from t1_jax.config import TextConfig
-from t1_jax.quickstart.task import (KINDS, PRESETS, Problem, TaskConfig, answer_in_reasoning, generate_task, main,
-                                    near_misses, number_words, teacher_reasoning, words_to_number, write_task)
+from t1_jax.quickstart.task import (KINDS, PRESETS, Problem, TaskConfig, answer_in_reasoning, generate_task, near_misses, number_words, teacher_reasoning, words_to_number, write_task)
 from t1_jax.quickstart.tokenizer import SPECIAL_TOKENS, text_config, tokenizer_texts, train_tokenizer
 from t1_jax.text import T1Formatter, load_tokenizer
 

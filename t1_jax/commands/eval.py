@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 NAME = "eval"
 HELP = ("evaluate retrieval on BEIR folders and/or BRIGHT domains: nDCG/Recall/MRR/MAP per dataset + average, "
@@ -93,5 +92,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {system} on {dataset}: {reason}")
     if args.out:
         ev.write_json(args.out, results)
+        from t1_jax import fs
+
         print(f"wrote {fs.absolute(args.out)}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import posixpath
 from typing import Callable
 
 NAME = "search"
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         print_results(run_, batch.ids, args.show, _corpus_texts(args.corpus))
         return 0
     write_run(args.out, run_, tag=args.tag)
-    reasoning_path = args.reasoning_out or os.path.splitext(args.out)[0] + ".reasoning.jsonl"
+    reasoning_path = args.reasoning_out or posixpath.splitext(args.out)[0] + ".reasoning.jsonl"
     write_reasoning(reasoning_path, batch)
     print(f"wrote {len(run_)} queries x top-{k} to {args.out} and reasoning to {reasoning_path}")
     return 0
