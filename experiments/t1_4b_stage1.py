@@ -45,7 +45,10 @@ def base_config() -> ExperimentConfig:
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
         text=TextConfig(tokenizer="models/qwen3-4b-instruct-2507/tokenizer", max_query_tokens=256,
                         max_doc_tokens=512, max_reasoning_tokens=512),
-        data=DataConfig(train_path="data/t1_stage1.jsonl", global_batch_size=512, num_hard_negatives=1),
+        # Two padded lengths (queries <= 257 -> 320; documents -> 320 or 512): a 4B step takes minutes to compile on a
+        # TPU, so a single-host run compiles it at most twice instead of once per 64-token length.
+        data=DataConfig(train_path="data/t1_stage1.jsonl", global_batch_size=512, num_hard_negatives=1,
+                        length_buckets=(320, 512)),
         optimizer=OptimizerConfig(lr=1e-5, warmup_steps=100, weight_decay=0.01, clip_norm=1.0),
         loss=ContrastiveConfig(temperature=0.02, mask_duplicates=True),
         trainer=TrainerConfig(stage="contrastive", num_steps=2000, init_from="models/qwen3-4b-instruct-2507",

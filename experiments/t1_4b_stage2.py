@@ -36,7 +36,9 @@ def base_config() -> ExperimentConfig:
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
         text=TextConfig(tokenizer="runs/t1-4b-stage1/model/tokenizer", max_query_tokens=256, max_doc_tokens=512,
                         max_reasoning_tokens=512),
-        data=DataConfig(train_path="data/t1_stage2_reasoning.jsonl", global_batch_size=256, num_hard_negatives=1),
+        # Two padded lengths (queries <= 769 -> 512 or 832; documents -> 512): few compiles of the 4B step.
+        data=DataConfig(train_path="data/t1_stage2_reasoning.jsonl", global_batch_size=256, num_hard_negatives=1,
+                        length_buckets=(512, 832)),
         optimizer=OptimizerConfig(lr=5e-6, warmup_steps=100, weight_decay=0.01, clip_norm=1.0),
         loss=ContrastiveConfig(temperature=0.02, sft_weight=1.0, ce_chunk_size=128),
         trainer=TrainerConfig(stage="reasoning", num_steps=2000, init_from="runs/t1-4b-stage1", log_every=10,

@@ -39,7 +39,9 @@ def base_config() -> ExperimentConfig:
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
         text=TextConfig(tokenizer="runs/t1-4b-stage2/model/tokenizer", max_query_tokens=256, max_doc_tokens=512,
                         max_reasoning_tokens=512),
-        data=DataConfig(train_path="data/t1_stage3_queries.jsonl", global_batch_size=32, num_hard_negatives=7),
+        # Two padded lengths (prompts <= 256 -> 256; documents -> 256 or 512): few compiles of the 4B step.
+        data=DataConfig(train_path="data/t1_stage3_queries.jsonl", global_batch_size=32, num_hard_negatives=7,
+                        length_buckets=(256, 512)),
         optimizer=OptimizerConfig(lr=1e-6, warmup_steps=20, weight_decay=0.0, clip_norm=1.0),
         sampling=SamplingConfig(max_new_tokens=512, temperature=1.0, top_k=0, top_p=1.0, prompt_buckets=(128, 256)),
         grpo=GRPOConfig(group_size=8, rollout_temperature=1.0, rewards=(("ndcg", 1.0), ("forced_penalty", 0.1)),

@@ -73,6 +73,10 @@ def test_sharded_step_equals_unsharded():
     batch = _batch(4)
     run = jax.jit(lambda s, b: step(s, b, tx, lambda _: 1e-2, None))
     ref_state, ref_metrics = run(state, batch)
+    # On two hosts each numbers its own queries' positives from 0 (host-local pos_col): the auxiliary InfoNCE must
+    # not read them as global columns.
+    host_local = {**batch, "pos_col": (jnp.arange(4, dtype=jnp.int32) % 2) * 2}
+    assert float(run(state, host_local)[1]["aux_infonce"]) == pytest.approx(float(ref_metrics["aux_infonce"]), rel=1e-6)
 
     mesh = mesh_lib.make_mesh(cfg_lib.MeshConfig(data=2, fsdp=2, tensor=2))
     shard_p = param_shardings(state.params, mesh)

@@ -114,7 +114,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
+def lead_host_only(command: str) -> bool:
+    """On a multi-host slice, only process 0 runs a command that writes one set of outputs (embed, search): the
+    other hosts would repeat the same generation and race on the same files. ``t1 encode`` splits a corpus over the
+    hosts instead (its store assigns chunks)."""
+    import jax
+
+    from t1_jax import distributed
+    from t1_jax.config import MeshConfig
+
+    distributed.initialize(MeshConfig())
+    if jax.process_index() == 0:
+        return True
+    print(f"t1 {command}: process {jax.process_index()} of {jax.process_count()}: nothing to do (process 0 writes "
+          "the outputs; use `t1 encode` to spread a corpus over the hosts)")
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
+    if not lead_host_only("embed"):
+        return 0
     encoder, _ = load_encoder(args, args.checkpoint)
     if args.docs:
         from t1_jax.data.readers import read_documents

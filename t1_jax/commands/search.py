@@ -152,9 +152,12 @@ def print_results(run_: dict, query_ids: list, show: int, texts: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from t1_jax import config as config_lib
+    from t1_jax.commands.embed import lead_host_only
     from t1_jax.retrieval.queries import search_to_run
     from t1_jax.retrieval.trec import write_run
 
+    if not lead_host_only("search"):
+        return 0
     cfg = config_lib.load_config(args.config, args.overrides) if args.config else config_lib.apply_overrides(
         config_lib.ExperimentConfig(), args.overrides)
     k = args.k or cfg.retrieval.top_k

@@ -107,7 +107,11 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
             logp_ref, _, _ = teacher_forced(ref_model, seqs, tokens, g.rollout_temperature, g.logprob_chunk_size,
                                             normalize)
             logp_ref = jax.lax.stop_gradient(logp_ref)
-        pos_col = jnp.repeat(batch["pos_col"], group)  # each rollout's labelled positive in the batch's documents
+        # Each rollout's labelled positive among the global documents. Query r's documents are rows
+        # [r * (1 + H), (r + 1) * (1 + H)) of the global array, its sampled positive first (the pipeline keeps a query's
+        # documents on its shard); batch["pos_col"] numbers them within one host's rows, which on several hosts is
+        # not the global column.
+        pos_col = jnp.repeat(jnp.arange(b, dtype=jnp.int32) * (batch["d_ids"].shape[0] // b), group)
         pos_keys = jnp.repeat(batch["pos_keys"], group, axis=0)
 
         def loss_fn(params):
