@@ -151,6 +151,8 @@ def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print) -> l
 
     plan = PLANS[variant]
     t_start = time.time()
+    if "://" in workdir:
+        raise ValueError(f"--workdir {workdir}: the quickstart is a local CPU demo; give a local folder")
     workdir = os.path.abspath(workdir)
     task_dir = os.path.join(workdir, "task")
     task = generate_task(dataclasses.replace(PRESETS[plan.task], seed=seed))
