@@ -367,7 +367,7 @@ class RetrievalConfig:
     embedding_dtype: str = "float16"
     normalize: bool = True
     top_k: int = 100
-    encode_batch_size: int = 32
+    encode_batch_size: int = 32  # per slice: each host of a multi-host slice encodes this / hosts rows at a time
     index_mode: str = "auto"  # auto | brute_force | tree_ah
     num_leaves: int = 0
     num_leaves_to_search: int = 0

@@ -71,6 +71,13 @@ def fingerprint_of(directory: str) -> str:
     return h.hexdigest()[:16]
 
 
+def host_batch_size(slice_batch: int) -> int:
+    """``retrieval.encode_batch_size`` is per slice (the eval layouts size it to the chips); each host encodes its
+    own share of the corpus on its own devices, with ``slice_batch / hosts`` rows per batch (at least one per local
+    device)."""
+    return max(jax.local_device_count(), slice_batch // jax.process_count())
+
+
 class _NoBar:
     def update(self, n: int) -> None:
         pass
@@ -134,7 +141,7 @@ class Encoder:
         model = load_model(model_path, mesh=mesh, cfg_overrides=overrides)
         kwargs.setdefault("sampling", config.sampling)
         kwargs.setdefault("normalize", config.retrieval.normalize)
-        kwargs.setdefault("batch_size", config.retrieval.encode_batch_size)
+        kwargs.setdefault("batch_size", host_batch_size(config.retrieval.encode_batch_size))
         return cls(model, formatter, mesh=mesh, fingerprint=fingerprint_of(model_path), **kwargs)
 
     # ------------------------------------------------------------------------------------------------ batching

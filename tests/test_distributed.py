@@ -62,3 +62,21 @@ def test_initialize_calls_jax_once_per_process(monkeypatch, tmp_path, caplog):
     with pytest.raises(ConfigError, match="needs mesh.num_processes"):
         monkeypatch.setattr(distributed, "_STATE", None)
         distributed.initialize(MeshConfig(coordinator_address="localhost:1"))
+
+
+def test_encode_batch_is_per_slice(monkeypatch):
+    """retrieval.encode_batch_size sizes a whole slice (the eval layouts: 2048 on a v5p-64); each of its 8 hosts
+    encodes its share with 2048 / 8 rows at a time, never fewer than one per local chip."""
+    import jax
+
+    from t1_jax.encoder import host_batch_size
+
+    assert host_batch_size(32) == 32  # one host: the whole batch
+    monkeypatch.setattr(jax, "process_count", lambda: 8)
+    monkeypatch.setattr(jax, "local_device_count", lambda *a: 4)
+    assert host_batch_size(2048) == 256 and host_batch_size(8) == 4
+
+
+def test_multihost_helpers_are_identity_on_one_process():
+    assert distributed.agreed_latest_step(None) is None and distributed.agreed_latest_step(7) == 7
+    assert distributed.sum_over_hosts(123) == 123

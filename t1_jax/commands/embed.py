@@ -19,7 +19,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides", action="extend",
                         help="dotted overrides, e.g. --set sampling.max_new_tokens=128 sampling.temperature=0.7")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <model>/tokenizer)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: retrieval.encode_batch_size")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch on this host (default: retrieval.encode_batch_size, which is per slice, / hosts)")
     parser.add_argument("--domain", default=None, help="BRIGHT domain whose instructions to use for every row "
                         "(a query row's own 'domain' field wins)")
     parser.add_argument("--mesh-data", type=int, default=-1, help="data-parallel ways of the mesh over this "

@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--no-reasoning", action="store_true", help="prompt + <embtoken> without generation")
     model.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     model.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <model>/tokenizer)")
-    model.add_argument("--batch-size", type=int, default=None, help="default: retrieval.encode_batch_size")
+    model.add_argument("--batch-size", type=int, default=None, help="rows per batch on this host (default: retrieval.encode_batch_size, which is per slice, / hosts)")
     model.add_argument("--domain", default=None, help="BRIGHT domain instructions for every query")
     model.add_argument("--mesh-data", type=int, default=-1, help="data-parallel ways (default: all devices)")
     target = parser.add_mutually_exclusive_group(required=True)
