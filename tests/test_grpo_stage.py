@@ -90,3 +90,56 @@ def test_sharded_step_equals_unsharded():
     for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(ref_state.params)):
         want = np.asarray(want, np.float64)
         assert np.linalg.norm(np.asarray(got, np.float64) - want) <= 1e-5 * max(np.linalg.norm(want), 1e-12)
+
+
+def test_layout_masks_forced_embtoken_and_handles_either_padding_side():
+    from t1_jax.stages.grpo import layout, teacher_forced
+
+    cfg = _cfg()
+    model = Qwen3(cfg.model, rngs=nnx.Rngs(params=3))
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(1, 20, (2, 5))
+    tokens = jnp.asarray([[7, 8, EMB, 0], [9, EMB, 0, 0]], jnp.int32)
+    lengths = jnp.asarray([3, 2], jnp.int32)
+    forced = jnp.asarray([False, True])  # row 1's <embtoken> was forced (budget, or after EOS)
+    right = np.zeros((2, 7), np.int32)
+    right[:, :5] = prompt
+    left = np.zeros((2, 7), np.int32)
+    left[:, 2:] = prompt
+    valid_right, valid_left = (right > 0).astype(np.int32), (left > 0).astype(np.int32)
+    seqs_r = layout(jnp.asarray(right), jnp.asarray(valid_right), tokens, lengths, forced)
+    seqs_l = layout(jnp.asarray(left), jnp.asarray(valid_left), tokens, lengths, forced)
+    np.testing.assert_array_equal(seqs_r.gen_mask_bg, [[1, 1, 1, 0], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(seqs_r.sampled_mask_bg, [[1, 1, 1, 0], [1, 0, 0, 0]])  # forced <embtoken> left out
+    logp_r, _, emb_r = teacher_forced(model, seqs_r, tokens, 1.0, 4, True)
+    logp_l, _, emb_l = teacher_forced(model, seqs_l, tokens, 1.0, 4, True)
+    # Reference: the unpadded sequence prompt + generation, log-softmax at each position.
+    for b in range(2):
+        n = int(lengths[b])
+        ids = jnp.asarray(np.concatenate([prompt[b], np.asarray(tokens[b, :n])])[None])
+        hidden, _ = model(ids, jnp.arange(ids.shape[1])[None], jnp.ones_like(ids))
+        logits = model.logits(hidden[0, 4:4 + n])
+        want = jax.nn.log_softmax(logits, axis=-1)[jnp.arange(n), tokens[b, :n]]
+        np.testing.assert_allclose(np.asarray(logp_r[b, :n]), np.asarray(want), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(logp_l[b, :n]), np.asarray(want), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(emb_l), np.asarray(emb_r), atol=1e-5)
+
+
+def test_natural_embtoken_fraction_counts_only_sampled_embtokens():
+    from t1_jax.sampler import Rollout
+
+    cfg = _cfg(rewards=(("forced_penalty", 1.0),), group_size=2)
+    graphdef, state, tx, _ = _setup(cfg)
+    r = 8  # 4 queries x 2 rollouts: natural, forced at the budget, EOS then <embtoken>, natural ...
+    forced = jnp.asarray([False, True, False, False] * 2)
+    eos = jnp.asarray([False, False, True, False] * 2)
+
+    def stub_sample(p, ids, valid, rng):
+        tokens = jnp.tile(jnp.asarray([[5, EMB, 0, 0]], jnp.int32), (r, 1))
+        return Rollout(tokens_bt=tokens, logprobs_bt=jnp.where(tokens > 0, -1.0, 0.0), lengths_b=jnp.full((r,), 2),
+                       embedding_bd=jnp.ones((r, cfg.model.hidden_size)) / cfg.model.hidden_size ** 0.5,
+                       forced_b=forced, stopped_eos_b=eos)
+
+    step = make_grpo_step(cfg, graphdef, stub_sample)
+    _, metrics = jax.jit(lambda s, b: step(s, b, tx, lambda _: 0.0, None))(state, _batch())
+    assert float(metrics["natural_embtoken_fraction"]) == pytest.approx(0.5)

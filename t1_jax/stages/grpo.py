@@ -46,17 +46,29 @@ class Sequences:
     gen_hidden_index_bg: jax.Array  # slot whose hidden state predicts generated token g
     emb_index_b: jax.Array  # slot of the final <embtoken>
     gen_mask_bg: jax.Array  # 1 = a generated token (up to and including <embtoken>)
+    sampled_mask_bg: jax.Array  # 1 = a token the policy drew: gen_mask without a forced final <embtoken>
 
 
-def layout(prompt_ids_bt, prompt_valid_bt, tokens_bg, lengths_b) -> Sequences:
+def last_real_index(valid_bt: jax.Array) -> jax.Array:
+    """Index of each row's last real (valid) slot: right-, left- or un-padded rows alike."""
+    t = valid_bt.shape[1]
+    return t - 1 - jnp.argmax(valid_bt.astype(jnp.int32)[:, ::-1], axis=1)
+
+
+def layout(prompt_ids_bt, prompt_valid_bt, tokens_bg, lengths_b, forced_last_b=None) -> Sequences:
+    """``forced_last_b``: rows whose final ``<embtoken>`` was forced (budget reached, or appended after EOS), not
+    sampled: it is left out of ``sampled_mask_bg``, so the policy term never pushes its probability up or down."""
     tp, tg = prompt_ids_bt.shape[1], tokens_bg.shape[1]
-    gen_mask = (jnp.arange(tg)[None, :] < lengths_b[:, None]).astype(jnp.int32)
+    g = jnp.arange(tg)[None, :]
+    gen_mask = (g < lengths_b[:, None]).astype(jnp.int32)
+    sampled = gen_mask
+    if forced_last_b is not None:
+        sampled = gen_mask * (1 - ((g == lengths_b[:, None] - 1) & forced_last_b[:, None]).astype(jnp.int32))
     ids = jnp.concatenate([prompt_ids_bt, jnp.where(gen_mask > 0, tokens_bg, 0)], axis=1)
     valid = jnp.concatenate([prompt_valid_bt.astype(jnp.int32), gen_mask], axis=1)
-    prompt_last = jnp.sum(prompt_valid_bt.astype(jnp.int32), axis=1) - 1  # right-padded prompts
-    g = jnp.arange(tg)[None, :]
+    prompt_last = last_real_index(prompt_valid_bt)  # the sampler's rule: the prompt's last real token predicts g = 0
     hidden_index = jnp.where(g == 0, prompt_last[:, None], tp + g - 1)
-    return Sequences(ids, valid, hidden_index, tp + lengths_b - 1, gen_mask)
+    return Sequences(ids, valid, hidden_index, tp + lengths_b - 1, gen_mask, sampled)
 
 
 def teacher_forced(model, seqs: Sequences, tokens_bg, temperature: float, chunk: int, normalize: bool):
@@ -90,7 +102,7 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
         prompt_valid = jnp.repeat(batch["q_valid"], group, axis=0)
         rollout = sample_fn(jax.lax.stop_gradient(state.params), prompts, prompt_valid, sample_rng)
         tokens = rollout.tokens_bt
-        seqs = layout(prompts, prompt_valid, tokens, rollout.lengths_b)
+        seqs = layout(prompts, prompt_valid, tokens, rollout.lengths_b, rollout.forced_b | rollout.stopped_eos_b)
 
         pool_params = state.extra["pool_params"] if g.pool_refresh_every else state.params
         d_nd = embed_docs(pool_params, batch)
@@ -118,9 +130,9 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
             model = nnx.merge(graphdef, params)
             logp, entropy, emb = teacher_forced(model, seqs, tokens, g.rollout_temperature, g.logprob_chunk_size,
                                                 normalize)
-            loss, metrics = policy_loss(logp, rollout.logprobs_bt, logp_ref, adv, seqs.gen_mask_bg, g.epsilon_low,
-                                        g.epsilon_high, g.beta, g.kl_clamp, g.loss_aggregation)
-            mask = seqs.gen_mask_bg.astype(jnp.float32)
+            loss, metrics = policy_loss(logp, rollout.logprobs_bt, logp_ref, adv, seqs.sampled_mask_bg,
+                                        g.epsilon_low, g.epsilon_high, g.beta, g.kl_clamp, g.loss_aggregation)
+            mask = seqs.sampled_mask_bg.astype(jnp.float32)
             metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             if g.aux_infonce_weight:
                 aux, aux_metrics = losses.infonce(emb, d_nd, batch["doc_keys"], pos_col, pos_keys,
@@ -150,7 +162,8 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
             "grad_norm": grad_norm_m[0],
             **update_metrics(state.params, new_state.params),  # all inner updates of this step
             "lr": schedule(state.step),
-            "natural_embtoken_fraction": 1.0 - jnp.mean(rollout.forced_b.astype(jnp.float32)),
+            # <embtoken> drawn by the policy itself: neither forced at the budget nor appended after an EOS
+            "natural_embtoken_fraction": 1.0 - jnp.mean((rollout.forced_b | rollout.stopped_eos_b).astype(jnp.float32)),
             "trace_length_mean": jnp.mean(lengths),
             "trace_length_max": jnp.max(lengths),
             "generated_tokens": jnp.sum(lengths),
