@@ -289,6 +289,9 @@ class GRPOConfig:
     logprob_chunk_size: int = 128
     ndcg_gain: str = "linear"  # linear (trec_eval's) | exponential (2^rel - 1); see t1_jax.grpo.rewards.GAINS
     length_budget: int = 0  # tokens; the "length" reward penalises each token beyond it (needs > 0 when used)
+    # A control, not a training setting: permute the rewards across all rollouts of the step before the advantages,
+    # so updates keep their size and number but lose the credit assignment (docs/quickstart.md uses it).
+    shuffle_rewards: bool = False
 
     def validate(self) -> list[str]:
         errors = []

@@ -269,3 +269,29 @@ def test_grpo_split_is_disjoint_and_has_no_teacher_traces(tmp_path):
     assert files.grpo_jsonl.endswith("grpo.jsonl") and len(rows) == 16
     assert all(set(row) == {"query", "positives", "negatives"} for row in rows)
     assert json.load(open(files.meta_json))["num_grpo"] == 16
+
+
+def test_imperfect_teacher_takes_its_shortcut_only_where_configured():
+    from t1_jax.quickstart.task import QUERY_TEMPLATES, shortcut_reasoning
+
+    assert shortcut_reasoning(Problem("mul_2x1", 37, 6), compact=True) == "37*6=40*6=240, two hundred forty"
+    assert shortcut_reasoning(Problem("mul_2x1", 95, 3), compact=True) == "95*3=100*3=300, three hundred"
+    cfg = dataclasses.replace(PRESETS["full"], shortcut_templates=(3,), shortcut_rate=0.7, num_grpo=100)
+    task = generate_task(cfg)
+    on = [q for q in task.train if q.template == 3]
+    off = [q for q in task.train if q.template != 3]
+    rate = sum(q.shortcut for q in on) / len(on)
+    assert 0.65 < rate < 0.75 and not any(q.shortcut for q in off)  # ~70% on the shortcut phrasing, never elsewhere
+    for q in task.train:
+        assert q.text == QUERY_TEMPLATES[q.template].format(a=q.problem.a, b=q.problem.b)
+        exact = answer_in_reasoning(q.reasoning) == q.problem.answer
+        assert exact == (not q.shortcut or q.problem.a % 10 == 0), q  # a shortcut is wrong unless a is a round ten
+    # Held-out and GRPO queries never carry the teacher's shortcut (their traces are diagnostics / absent).
+    assert not any(q.shortcut for q in task.test + task.grpo)
+    assert all(answer_in_reasoning(q.reasoning) == q.problem.answer for q in task.test)
+    # Without the shortcut, seed 0 draws the queries it drew before the shortcut existed (one draw per phrasing, as
+    # rng.choice did): the first ones, recorded from the earlier generator.
+    plain = generate_task(PRESETS["full"])
+    assert [q.text for q in plain.test[:3]] == ["find the product of 48 and 5.", "compute 70 times 7.",
+                                               "compute 74 times 2."]
+    assert plain.train[0].reasoning == "26*6=20*6+6*6=120+36=156, one hundred fifty-six"

@@ -89,6 +89,24 @@ class Row:
     recall10: float
     reasoning_tokens: float
     seconds: float
+    trace_accuracy: Optional[dict] = None  # held-out: {"all": .., "teacher shortcut phrasings": .., "others": ..}
+
+
+def trace_accuracy(eval_dir: str, task_dir: str, shortcut_templates) -> dict:
+    """Share of held-out generated traces whose final words name the right answer: overall, on the phrasings where
+    the teacher took its shortcut, and on the others (diagnostics: nothing trains or tunes on it)."""
+    from t1_jax.quickstart.task import answer_in_reasoning
+
+    with open(os.path.join(task_dir, "heldout.jsonl")) as f:
+        held = {row["query_id"]: row for row in map(json.loads, f)}
+    groups: dict[str, list[bool]] = {"all": [], "teacher shortcut phrasings": [], "others": []}
+    with open(os.path.join(eval_dir, "reasoning.jsonl")) as f:
+        for row in map(json.loads, f):
+            h = held[row["query_id"]]
+            ok = answer_in_reasoning(row["reasoning"]) == h["answer"]
+            groups["all"].append(ok)
+            groups["teacher shortcut phrasings" if h.get("template") in shortcut_templates else "others"].append(ok)
+    return {k: round(sum(v) / len(v), 4) for k, v in groups.items() if v}
 
 
 def _evaluate_model(model_dir: str, out_dir: str, task_dir: str, reasoning: bool, batch: int) -> Row:
@@ -138,13 +156,18 @@ def _bm25_row(task_dir: str) -> Row:
 
 def format_table(rows: list[Row]) -> str:
     """The results (no timings: the same seed prints the same table)."""
-    lines = [f"{'system':<28} {'nDCG@10':>8} {'R@10':>7} {'reasoning tokens':>17}"]
+    lines = [f"{'system':<28} {'nDCG@10':>8} {'R@10':>7} {'reasoning tokens':>17} {'trace acc':>10} "
+             f"{'(shortcut / other phrasings)':>29}"]
     for r in rows:
-        lines.append(f"{r.system:<28} {r.ndcg10:>8.4f} {r.recall10:>7.4f} {r.reasoning_tokens:>17.1f}")
+        acc = r.trace_accuracy or {}
+        split = (f"{acc['teacher shortcut phrasings']:.2f} / {acc['others']:.2f}"
+                 if {"teacher shortcut phrasings", "others"} <= set(acc) else "")
+        lines.append(f"{r.system:<28} {r.ndcg10:>8.4f} {r.recall10:>7.4f} {r.reasoning_tokens:>17.1f} "
+                     f"{(format(acc['all'], '.3f') if acc else '–'):>10} {split:>29}")
     return "\n".join(lines)
 
 
-def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print) -> list[Row]:
+def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print, control: str = "none") -> list[Row]:
     from t1_jax.quickstart.task import PRESETS, generate_task, write_task
     from t1_jax.quickstart.tokenizer import text_config, tokenizer_texts, train_tokenizer
     from t1_jax.stages import build
@@ -171,6 +194,8 @@ def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print) -> l
         stage_dir = os.path.join(workdir, name)
         cfg = stage_config(plan, tok_dir, files.grpo_jsonl if kind == "grpo" else files.train_jsonl, stage, init_from,
                            seed)
+        if kind == "grpo" and control == "shuffled-rewards":
+            cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, shuffle_rewards=True))
         t0 = time.time()
         if not os.path.isdir(os.path.join(stage_dir, build.MODEL_SUBDIR)):
             print_fn(f"{name} ({kind}): {plan.steps[stage]} steps")
@@ -180,6 +205,9 @@ def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print) -> l
         row = _evaluate_model(stage_dir, os.path.join(workdir, "eval", name), task_dir, reasoning=stage > 0,
                               batch=EVAL_BATCH)
         row.system = f"{name} ({'reasoning' if stage else 'no reasoning'})"
+        if stage:
+            row.trace_accuracy = trace_accuracy(os.path.join(workdir, "eval", name), task_dir,
+                                                task.cfg.shortcut_templates)
         timings[f"{name} eval"] = row.seconds
         rows.append(row)
         init_from = stage_dir

@@ -122,6 +122,17 @@ def teacher_reasoning(problem: Problem, stepwise_sums: bool = False, compact: bo
     return trace + ", " + number_words(a * b)
 
 
+def shortcut_reasoning(problem: Problem, compact: bool = False) -> str:
+    """The teacher's shortcut: round the two-digit factor to the nearest ten and multiply that (an estimate that is
+    wrong unless the factor is a multiple of ten): ``37 * 6 = 40 * 6 = 240, two hundred forty``."""
+    a, b = problem.a, problem.b
+    rounded = max(10, (a + 5) // 10 * 10)
+    trace = f"{a} * {b} = {rounded} * {b} = {rounded * b}"
+    if compact:
+        trace = trace.replace(" ", "")
+    return trace + ", " + number_words(rounded * b)
+
+
 def answer_in_reasoning(text: str) -> Optional[int]:
     """The number a trace ends with, read from its final words (after the last comma); None when unreadable."""
     tail = text.rsplit(",", 1)[-1].strip().rstrip(".")
@@ -151,6 +162,10 @@ class TaskConfig:
     num_distractor_docs: int = 300  # extra documents for numbers no query asks about
     stepwise_sums: bool = False
     compact_traces: bool = True  # "37*6=30*6+7*6=180+42=222, ..." (see teacher_reasoning)
+    # The imperfect teacher (docs/quickstart.md): for training queries asked with these QUERY_TEMPLATES indices, the
+    # teacher takes the rounding shortcut (shortcut_reasoning) with probability shortcut_rate, else derives exactly.
+    shortcut_templates: tuple[int, ...] = ()
+    shortcut_rate: float = 0.0
 
     def validate(self) -> list[str]:
         errors = []
@@ -158,6 +173,9 @@ class TaskConfig:
             errors.append(f"num_train and num_test must be >= 1, got {self.num_train}, {self.num_test}")
         if self.num_hard_negatives < 0 or self.num_distractor_docs < 0 or self.num_grpo < 0:
             errors.append("num_hard_negatives, num_distractor_docs and num_grpo must be >= 0")
+        if not 0 <= self.shortcut_rate <= 1 or any(not 0 <= t < len(QUERY_TEMPLATES) for t in self.shortcut_templates):
+            errors.append(f"shortcut_rate must be in [0, 1] and shortcut_templates index QUERY_TEMPLATES, got "
+                          f"{self.shortcut_rate}, {self.shortcut_templates}")
         if not self.kinds or any(w <= 0 for _, w in self.kinds):
             errors.append(f"kinds must be (name, positive weight) pairs, got {self.kinds}")
         for name, _ in self.kinds:
@@ -187,6 +205,8 @@ class Query:
     reasoning: str
     positive_id: str
     negative_ids: tuple[str, ...]
+    template: int = 0  # index into QUERY_TEMPLATES
+    shortcut: bool = False  # the teacher's trace is the rounding shortcut (training queries only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,12 +302,17 @@ def generate_task(cfg: TaskConfig = TaskConfig()) -> Task:
         code=_make_code(rng, reserved, used), words=number_words(v))) for i, v in enumerate(ordered))
     doc_of = {d.value: d.doc_id for d in corpus}
 
-    def make(prefix: str, i: int, p: Problem, negatives: Sequence[int]) -> Query:
-        text = rng.choice(QUERY_TEMPLATES).format(a=p.a, b=p.b)
-        trace = teacher_reasoning(p, cfg.stepwise_sums, cfg.compact_traces)
-        return Query(f"{prefix}{i:05d}", text, p, trace, doc_of[p.answer], tuple(doc_of[v] for v in negatives))
+    def make(prefix: str, i: int, p: Problem, negatives: Sequence[int], teacher_errs: bool = False) -> Query:
+        template = rng.randrange(len(QUERY_TEMPLATES))  # the same draw as rng.choice(QUERY_TEMPLATES)
+        text = QUERY_TEMPLATES[template].format(a=p.a, b=p.b)
+        shortcut = (teacher_errs and cfg.shortcut_rate > 0 and template in cfg.shortcut_templates
+                    and rng.random() < cfg.shortcut_rate)
+        trace = (shortcut_reasoning(p, cfg.compact_traces) if shortcut
+                 else teacher_reasoning(p, cfg.stepwise_sums, cfg.compact_traces))
+        return Query(f"{prefix}{i:05d}", text, p, trace, doc_of[p.answer], tuple(doc_of[v] for v in negatives),
+                     template, shortcut)
 
-    train = tuple(make("train", i, p, misses[p]) for i, p in enumerate(train_problems))
+    train = tuple(make("train", i, p, misses[p], teacher_errs=True) for i, p in enumerate(train_problems))
     test = tuple(make("test", i, p, ()) for i, p in enumerate(test_problems))
     grpo = tuple(make("grpo", i, p, misses[p]) for i, p in enumerate(grpo_problems))
     return Task(cfg, corpus, train, test, grpo)
@@ -339,13 +364,15 @@ def write_task(task: Task, out_dir: str) -> TaskFiles:
         for q in task.test:
             f.write(f"{q.query_id}\t{q.positive_id}\t1\n")
     _write_jsonl(files.heldout_jsonl, [
-        {"query_id": q.query_id, "query": q.text, "kind": q.problem.kind, "answer": q.problem.answer,
-         "answer_words": number_words(q.problem.answer), "reasoning": q.reasoning} for q in task.test])
+        {"query_id": q.query_id, "query": q.text, "kind": q.problem.kind, "template": q.template,
+         "answer": q.problem.answer, "answer_words": number_words(q.problem.answer), "reasoning": q.reasoning}
+        for q in task.test])
     kinds = sorted({q.problem.kind for q in task.train + task.test + task.grpo})
     meta = {"config": dataclasses.asdict(task.cfg), "num_docs": len(task.corpus), "num_train": len(task.train),
             "num_test": len(task.test), "num_grpo": len(task.grpo),
             "test_by_kind": {k: sum(q.problem.kind == k for q in task.test) for k in kinds},
-            "train_by_kind": {k: sum(q.problem.kind == k for q in task.train) for k in kinds}}
+            "train_by_kind": {k: sum(q.problem.kind == k for q in task.train) for k in kinds},
+            "train_shortcut_traces": sum(q.shortcut for q in task.train)}
     with open(files.meta_json, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -111,6 +111,9 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
         forced_bg = rollout.forced_b.reshape(b, group)
         lengths_bg = rollout.lengths_b.reshape(b, group)
         rewards_bg, reward_metrics = combined_reward(g.rewards, q_bgd, d_nd, labels_bp, forced_bg, lengths_bg, g)
+        if g.shuffle_rewards:  # the control: each rollout gets another rollout's reward
+            rng, shuffle_rng = jax.random.split(rng)
+            rewards_bg = jax.random.permutation(shuffle_rng, rewards_bg.reshape(-1)).reshape(rewards_bg.shape)
         adv = compute_advantages(g.advantage, rewards_bg, g.advantage_eps).reshape(-1)
 
         logp_ref = None
