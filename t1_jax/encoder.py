@@ -73,9 +73,9 @@ def fingerprint_of(directory: str) -> str:
 
 def host_batch_size(slice_batch: int) -> int:
     """``retrieval.encode_batch_size`` is per slice (the eval layouts size it to the chips); each host encodes its
-    own share of the corpus on its own devices, with ``slice_batch / hosts`` rows per batch (at least one per local
-    device)."""
-    return max(jax.local_device_count(), slice_batch // jax.process_count())
+    own share of the corpus on its own devices, with ``slice_batch / hosts`` rows per batch (the Encoder then rounds
+    it up to a multiple of the mesh's batch shards)."""
+    return max(1, slice_batch // jax.process_count())
 
 
 class _NoBar:

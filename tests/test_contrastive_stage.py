@@ -61,10 +61,10 @@ def test_sharded_loss_and_grad_equal_single_device(setup, stage, gradcache):
     cfg = cfg_lib.apply_overrides(cfg, [f"trainer.stage={stage}", f"loss.gradcache_chunk={gradcache}"])
     mesh = mesh_lib.make_mesh(cfg.mesh)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
-    params = init_params(jax.random.PRNGKey(0))
+    params = jax.device_put(init_params(jax.random.PRNGKey(0)), jax.devices()[0])  # the reference runs on one device
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
-    ref_loss, ref_grads = jax.value_and_grad(
-        lambda p: _reference_loss(cfg, graphdef, p, jbatch, stage == "reasoning"))(params)
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(
+        lambda p: _reference_loss(cfg, graphdef, p, jbatch, stage == "reasoning")))(params)
 
     loss_fn = make_loss_fn(cfg, graphdef, mesh)
     batch_sharding = {k: mesh_lib.logical_sharding(mesh, ("batch",) + (None,) * (v.ndim - 1))

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 
 pytest.importorskip("gcsfs", reason="gs:// needs gcsfs (the tpu and test extras install it)")
 pytest.importorskip("gcp_storage_emulator", reason="the GCS tests need gcp-storage-emulator (the test extra)")
@@ -89,7 +89,7 @@ def test_store_index_and_runs_on_gcs(gcs):
 
 
 def _t1(args, env, **kw):
-    full_env = {**os.environ, **env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+    full_env = {**os.environ, **env, "XLA_FLAGS": f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}", "JAX_PLATFORMS": "cpu",
                 "T1_NO_PROGRESS": "1"}
     return subprocess.Popen([sys.executable, "-m", "t1_jax.cli", *args], cwd=REPO, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)

@@ -239,19 +239,26 @@ def _displacement_agreement(start, end, ref_end):
 def float32_runs(task):
     tokenizer, examples = task
     runs = {}
-    for experiment in STAGES:
-        cfg, formatter = tiny_config(experiment, tokenizer, "float32", "float32")
-        runs[experiment] = train_steps(cfg, formatter, examples)
-    return runs
+
+    def run(experiment):  # each stage's float32 reference, computed when a test first asks for it
+        if experiment not in runs:
+            cfg, formatter = tiny_config(experiment, tokenizer, "float32", "float32")
+            runs[experiment] = train_steps(cfg, formatter, examples)
+        return runs[experiment]
+
+    return run
 
 
-@pytest.mark.parametrize("experiment", list(STAGES))
+# Stage 2's lr (5e-6) lies between stage 1's (1e-5) and stage 3's (1e-6), and its step differs from stage 1's only by
+# the trace cross-entropy: the default run keeps the two extremes (CI time), `-m slow` adds stage 2.
+@pytest.mark.parametrize("experiment", ["t1_4b_stage1", pytest.param("t1_4b_stage2", marks=pytest.mark.slow),
+                                        "t1_4b_stage3_grpo"])
 def test_4b_precision_settings_move_every_layer_weight_and_track_float32(experiment, task, float32_runs):
     tokenizer, examples = task
     big = cfg_lib.load_config(f"experiments/{experiment}.py").model
     cfg, formatter = tiny_config(experiment, tokenizer, big.param_dtype, big.compute_dtype)
     start, end, history = train_steps(cfg, formatter, examples)
-    ref_start, ref_end, ref_history = float32_runs[experiment]
+    ref_start, ref_end, ref_history = float32_runs(experiment)
     for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(ref_start)):
         np.testing.assert_array_equal(a, b)  # the same initial model
     lr = cfg.optimizer.lr

@@ -4,12 +4,12 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 
 
 def test_quickstart_fast_writes_every_artifact(tmp_path):
     env = {**os.environ, "T1_NO_PROGRESS": "1"}
-    env.pop("XLA_FLAGS", None)  # a user's laptop: one CPU device
+    env["XLA_FLAGS"] = FAST_COMPILE  # a user's laptop: one CPU device (compiled quickly, as every test)
     result = subprocess.run([sys.executable, "-m", "t1_jax.cli", "quickstart", "--fast", "--workdir", str(tmp_path)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]

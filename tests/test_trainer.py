@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 
 
 def _run(workdir, steps, *flags, expect=0):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}"
     result = subprocess.run([sys.executable, "-m", "tests.helpers.toy_train", str(workdir), str(steps), *flags],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if expect is not None:
