@@ -51,20 +51,33 @@ def _setup(cfg, seed=0):
     return graphdef, state, tx, step
 
 
-def test_toy_reward_rises_only_through_generation():
-    """Reward = -1 when <embtoken> had to be forced: the policy must learn to emit it within 3 tokens."""
-    cfg = _cfg(rewards=(("forced_penalty", 1.0),))
+def _toy_reward_curve(**grpo):
+    cfg = _cfg(rewards=(("forced_penalty", 1.0),), **grpo)
     _, state, tx, step = _setup(cfg)
     jstep = jax.jit(lambda s, b: step(s, b, tx, lambda _: 0.0, None), donate_argnums=(0,))
     batch = _batch()
     curve = []
     for _ in range(40):
         state, metrics = jstep(state, batch)
-        curve.append(float(metrics["reward/total_mean"]))
+        curve.append(float(metrics["reward/total_mean"]))  # the rollouts' own rewards (before any shuffling)
+    return curve
+
+
+def test_toy_reward_rises_only_through_generation():
+    """Reward = -1 when <embtoken> had to be forced: the policy must learn to emit it within 3 tokens."""
+    curve = _toy_reward_curve()
     first, last = curve[0], np.mean(curve[-10:])
     print("forced-penalty reward by step:", " ".join(f"{r:.2f}" for r in curve[::4]), f"| last 10 mean {last:.3f}")
     assert first < -0.6  # a random policy rarely emits <embtoken> within 3 tokens (about 1 in 11)
     assert last > -0.2
+
+
+def test_shuffled_rewards_control_does_not_learn():
+    """The control of docs/quickstart.md: the same steps with the rewards permuted across rollouts (updates of the
+    same size, no credit assignment) leave the toy reward where it started."""
+    curve = _toy_reward_curve(shuffle_rewards=True)
+    print("shuffled-rewards control:", " ".join(f"{r:.2f}" for r in curve[::4]))
+    assert np.mean(curve[-10:]) < -0.6
 
 
 def test_sharded_step_equals_unsharded():

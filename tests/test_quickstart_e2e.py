@@ -31,3 +31,17 @@ def test_quickstart_fast_writes_every_artifact(tmp_path):
         assert len(run_lines) == 32 * 100 and len(run_lines[0].split()) == 6
         reasoning = [json.loads(line) for line in (ev / "reasoning.jsonl").read_text().splitlines()]
         assert len(reasoning) == 32 and all({"query_id", "query", "reasoning"} <= set(r) for r in reasoning)
+
+    # The stage-3 control runs beside the real stage 3 in the same workdir, from the same stage 2 (not retrained).
+    control = subprocess.run([sys.executable, "-m", "t1_jax.cli", "quickstart", "--fast", "--workdir", str(tmp_path),
+                              "--control", "shuffled-rewards"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert control.returncode == 0, control.stderr[-4000:]
+    assert "stage1 (contrastive)" not in control.stdout and "stage2 (reasoning): " not in control.stdout
+    assert "stage3-shuffled-rewards (grpo)" in control.stdout
+    assert (tmp_path / "stage3-shuffled-rewards" / "model" / "model_config.json").exists()
+    saved = json.load(open(tmp_path / "stage3-shuffled-rewards" / "config.json"))
+    assert saved["grpo"]["shuffle_rewards"] is True
+    rows = json.load(open(tmp_path / "results-shuffled-rewards.json"))["rows"]
+    assert [r["system"].split()[0] for r in rows] == ["stage1", "stage2", "stage3-shuffled-rewards", "bm25"]
+    assert json.load(open(tmp_path / "results.json"))["control"] == "none"  # the real run's results are kept

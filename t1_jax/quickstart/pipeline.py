@@ -51,6 +51,12 @@ PLANS: dict[str, Plan] = {
 }
 
 STAGES = (("stage1", "contrastive"), ("stage2", "reasoning"), ("stage3", "grpo"))
+# Stage-3 controls (t1 quickstart --control NAME): the same steps from the same stage 2, written to stage3-NAME/ so a
+# workdir holds the real run and its controls side by side.
+CONTROLS = {
+    "none": lambda cfg: cfg,
+    "shuffled-rewards": lambda cfg: dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, shuffle_rewards=True)),
+}
 EVAL_BATCH = 64  # documents / queries per encoding step in the evaluation
 
 
@@ -156,13 +162,13 @@ def _bm25_row(task_dir: str) -> Row:
 
 def format_table(rows: list[Row]) -> str:
     """The results (no timings: the same seed prints the same table)."""
-    lines = [f"{'system':<28} {'nDCG@10':>8} {'R@10':>7} {'reasoning tokens':>17} {'trace acc':>10} "
+    lines = [f"{'system':<36} {'nDCG@10':>8} {'R@10':>7} {'reasoning tokens':>17} {'trace acc':>10} "
              f"{'(shortcut / other phrasings)':>29}"]
     for r in rows:
         acc = r.trace_accuracy or {}
         split = (f"{acc['teacher shortcut phrasings']:.2f} / {acc['others']:.2f}"
                  if {"teacher shortcut phrasings", "others"} <= set(acc) else "")
-        lines.append(f"{r.system:<28} {r.ndcg10:>8.4f} {r.recall10:>7.4f} {r.reasoning_tokens:>17.1f} "
+        lines.append(f"{r.system:<36} {r.ndcg10:>8.4f} {r.recall10:>7.4f} {r.reasoning_tokens:>17.1f} "
                      f"{(format(acc['all'], '.3f') if acc else '–'):>10} {split:>29}")
     return "\n".join(lines)
 
@@ -191,11 +197,12 @@ def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print, cont
     rows = []
     init_from = ""
     for stage, (name, kind) in enumerate(STAGES):
-        stage_dir = os.path.join(workdir, name)
         cfg = stage_config(plan, tok_dir, files.grpo_jsonl if kind == "grpo" else files.train_jsonl, stage, init_from,
                            seed)
-        if kind == "grpo" and control == "shuffled-rewards":
-            cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, shuffle_rewards=True))
+        if kind == "grpo" and control != "none":  # beside the real stage 3, from the same stage 2
+            cfg = CONTROLS[control](cfg)
+            name = f"{name}-{control}"
+        stage_dir = os.path.join(workdir, name)
         t0 = time.time()
         if not os.path.isdir(os.path.join(stage_dir, build.MODEL_SUBDIR)):
             print_fn(f"{name} ({kind}): {plan.steps[stage]} steps")
@@ -215,8 +222,9 @@ def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print, cont
     timings["bm25"] = rows[-1].seconds
     table = format_table(rows)
     total = time.time() - t_start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"variant": variant, "seed": seed, "seconds": round(total, 1),
+    results_name = "results.json" if control == "none" else f"results-{control}.json"
+    with open(os.path.join(workdir, results_name), "w") as f:
+        json.dump({"variant": variant, "seed": seed, "control": control, "seconds": round(total, 1),
                    "timings": {k: round(v, 1) for k, v in timings.items()},
                    "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=2)
     print_fn("\n" + table)
