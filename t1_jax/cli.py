@@ -53,6 +53,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        from t1_jax.commands import output_guard
+
+        output_guard.check(args)
         return int(args._run(args) or 0)
     except ConfigError as e:
         print(f"t1 {args.command}: config error: {e}", file=sys.stderr)

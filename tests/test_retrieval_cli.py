@@ -207,3 +207,37 @@ def test_search_without_out_prints_top_results_with_texts(tmp_path, capsys):
     assert printed[at + 1].split()[:3] == ["1.", f"{float(queries[0] @ docs[best]):.4f}", f"d{best}"]
     assert printed[at + 1].endswith(f"text of document {best}") and printed[at + 2].lstrip().startswith("2.")
     assert not list(tmp_path.glob("*.trec"))  # nothing written
+
+
+def test_output_that_would_replace_an_input_is_refused_before_any_work(tmp_path, capsys):
+    """`t1 index --store S --out S` used to overwrite the store's meta.json (store unreadable, corpus to re-encode);
+    `t1 embed --queries q.jsonl --out q.jsonl` replaced the queries with embeddings. Every command refuses an output
+    path that is one of its inputs, with both arguments named, and leaves the inputs as they were."""
+    from t1_jax.retrieval.store import EmbeddingStore, encode_corpus
+
+    rng = np.random.default_rng(6)
+    table = _unit(rng.standard_normal((12, D)))
+    store = tmp_path / "store"
+    encode_corpus([(f"d{i}", str(i)) for i in range(12)], lambda texts: table[[int(t) for t in texts]], str(store),
+                  batch_size=4, dtype="float32", fingerprint="enc")
+    meta = (store / "meta.json").read_bytes()
+    assert main(["index", "--store", str(store), "--out", str(store)]) == 1
+    assert f"--out {store} would overwrite the input --store {store}" in capsys.readouterr().err
+    assert (store / "meta.json").read_bytes() == meta and EmbeddingStore.open(str(store)).read().shape == (12, D)
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "q0", "query": "alpha"}) + "\n")
+    before = queries.read_bytes()
+    assert main(["embed", "--checkpoint", str(tmp_path / "no-model"), "--queries", str(queries), "--out",
+                 str(queries)]) == 1  # refused before the (missing) model is even looked at
+    assert "would overwrite the input --queries" in capsys.readouterr().err and queries.read_bytes() == before
+    npy_sidecar = tmp_path / "e.ids.txt"  # --out e.npy also writes e.ids.txt
+    npy_sidecar.write_text("x\n")
+    assert main(["embed", "--checkpoint", str(tmp_path / "no-model"), "--queries", str(npy_sidecar), "--out",
+                 str(tmp_path / "e.npy")]) == 1
+    assert f"{npy_sidecar} would overwrite the input --queries" in capsys.readouterr().err
+
+    run = tmp_path / "r.trec"
+    run.write_text("q0 Q0 d0 1 1.0 t\n")
+    assert main(["eval", "--no-bm25", "--run", f"mine={run}", "--out", str(run)]) == 1
+    assert "would overwrite the input --run" in capsys.readouterr().err and run.read_text() == "q0 Q0 d0 1 1.0 t\n"

@@ -126,6 +126,13 @@ def test_run_reader_errors_name_file_and_line(tmp_path):
     path.write_text("q Q0 d 1 x t\n")
     with pytest.raises(DataError, match=r"bad.trec:1: score 'x'"):
         trec.read_run(str(path))
+    with pytest.raises(ValueError, match="must be finite"):
+        trec.write_run(str(tmp_path / "out.trec"), {"q": {"d": 1.0, "e": float("nan")}})
+    assert not (tmp_path / "out.trec").exists()
+    for bad in ("nan", "inf", "-inf"):  # a nan would rank by line order: MRR 1.0 or 0.5 for the same run
+        path.write_text(f"q Q0 d 1 0.5 t\nq Q0 e 2 {bad} t\n")
+        with pytest.raises(DataError, match=rf"bad.trec:2: score '{bad}' is not finite"):
+            trec.read_run(str(path))
 
 
 def test_empty_qrels_is_a_clear_error():

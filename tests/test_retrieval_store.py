@@ -101,6 +101,24 @@ def test_refusals(tmp_path):
         EmbeddingStore.open(str(tmp_path / "nothing"))
 
 
+def test_chunk_lost_after_its_marker_is_refused_then_re_encoded(tmp_path):
+    """A chunk file deleted after its done-marker was written used to read back as all-zero rows (the zarr fill value)
+    without a word; now reading refuses it with the rows and the fix, and the next encode writes it again."""
+    import os
+
+    path = str(tmp_path / "s")
+    encode_corpus(_docs(10), _embed, path, batch_size=4, chunk_rows=4, dtype="float32", fingerprint="m1")
+    want = EmbeddingStore.open(path).read()
+    os.remove(os.path.join(path, "embeddings", "1.0"))  # rows 4..7
+    store = EmbeddingStore.open(path)
+    assert store.lost_chunks() == [1] and store.missing_chunks() == []
+    with pytest.raises(ValueError, match=r"chunk 1, rows 4\.\.7: its file under embeddings/ is missing\); run `t1 "
+                                         r"encode` again"):
+        store.read()
+    encode_corpus(_docs(10), _embed, path, batch_size=4, chunk_rows=4, dtype="float32", fingerprint="m1")
+    np.testing.assert_array_equal(EmbeddingStore.open(path).read(), want)
+
+
 def test_default_chunks_bound_lost_work():
     from t1_jax.retrieval.store import default_chunk_rows
 

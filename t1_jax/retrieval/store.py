@@ -157,6 +157,19 @@ class EmbeddingStore:
         done = self.done_chunks()
         return [c for c in range(self.num_chunks) if c not in done]
 
+    def lost_chunks(self) -> list[int]:
+        """Chunks marked done whose zarr data object is gone (deleted, or a partial copy of the folder): reading them
+        would give the fill value, all-zero rows, without an error."""
+        import tensorstore as ts
+
+        keys = self._kv.list(range=ts.KvStore.KeyRange("embeddings/", "embeddings0")).result()
+        present = set()
+        for key in (bytes(k).decode() for k in keys):  # zarr v2 chunk keys: "embeddings/<row chunk>.0"
+            name = key[len("embeddings/"):]
+            if name.endswith(".0") and name[:-2].isdigit():
+                present.add(int(name[:-2]))
+        return [c for c in sorted(self.done_chunks()) if c not in present]
+
     def read(self, start: int = 0, stop: Optional[int] = None, check_complete: bool = True) -> np.ndarray:
         """Rows ``start:stop`` in the stored dtype; refuses an incomplete store unless ``check_complete=False``."""
         if check_complete:
@@ -164,6 +177,12 @@ class EmbeddingStore:
             if missing:
                 raise ValueError(f"{self.path}: {len(missing)} of {self.num_chunks} chunks are not written yet "
                                  f"(e.g. chunk {missing[0]}); finish encoding (it resumes) before reading")
+            lost = self.lost_chunks()
+            if lost:
+                first = self.chunk_range(lost[0])
+                raise ValueError(f"{self.path}: {len(lost)} chunk(s) marked done have no data (e.g. chunk {lost[0]}, "
+                                 f"rows {first[0]}..{first[1] - 1}: its file under embeddings/ is missing); run "
+                                 f"`t1 encode` again with the same arguments: it re-encodes them")
         return self._array[start:self.num_docs if stop is None else stop].read().result()
 
 
@@ -207,7 +226,11 @@ def encode_corpus(doc_iter: Iterable[tuple[str, str]], embed_fn: Callable[[list[
         store = EmbeddingStore.open(store_path)
         store._check_same({**store.meta, "num_docs": len(ids), "dim": dim, "dtype": dtype,
                            "fingerprint": fingerprint, "ids_sha256": _ids_digest(ids)})
-    done = store.done_chunks()
+    lost = store.lost_chunks()
+    if lost:
+        log.warning("%s: %d chunk(s) marked done have no data (e.g. chunk %d); encoding them again", store_path,
+                    len(lost), lost[0])
+    done = store.done_chunks() - set(lost)
     mine = [c for c in range(store.num_chunks) if c % pc == pi]
     todo = [c for c in mine if c not in done]
     skipped_rows = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in mine if c in done)

@@ -4,6 +4,7 @@ Qrels reading lives in :mod:`t1_jax.data.readers` (training uses it too) and is 
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -28,6 +29,8 @@ def read_run(path: str) -> dict[str, dict[str, float]]:
                 value = float(score)
             except ValueError:
                 raise DataError(f"{path}:{line_no}: score {score!r} is not a number") from None
+            if not math.isfinite(value):  # a nan ranks nowhere consistently: the metrics would follow line order
+                raise DataError(f"{path}:{line_no}: score {score!r} is not finite")
             docs = run.setdefault(qid, {})
             if docid in docs:
                 raise DataError(f"{path}:{line_no}: document {docid!r} appears twice for query {qid!r}")
@@ -47,6 +50,9 @@ def write_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str = "t1"
         for r, docid in enumerate(rank(scores)[:k], start=1):
             if any(ch.isspace() for ch in docid) or any(ch.isspace() for ch in qid):
                 raise ValueError(f"ids in a TREC run cannot contain whitespace: query {qid!r}, document {docid!r}")
+            if not math.isfinite(scores[docid]):
+                raise ValueError(f"TREC run scores must be finite: query {qid!r}, document {docid!r} has "
+                                 f"{scores[docid]!r}")
             lines.append(f"{qid} Q0 {docid} {r} {float(scores[docid])!r} {tag}\n")  # repr: exact round trip
     fs.write_text(path, "".join(lines))  # local: written beside and renamed; gs://: one object
 
