@@ -193,6 +193,15 @@ def test_convert_command_round_trip(tmp_path):
     assert rel_err(out[..., :512][mask], ref[mask]) <= TOL
     assert cli.main(["convert", "hf-to-t1", str(tmp_path / "nowhere"), str(tmp_path / "x")]) != 0
 
+    # An export into a folder that holds an earlier, sharded export: the old shards and index are removed, so a
+    # reader sees the new model only (it used to take the old index and import the earlier model).
+    assert cli.main(["convert", "t1-to-hf", str(tmp_path / "t1"), str(tmp_path / "out"), "--max-shard-gb",
+                     "0.0001"]) == 0
+    assert (tmp_path / "out" / "model.safetensors.index.json").exists()
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # the single file of the first export is gone
+    assert cli.main(["convert", "t1-to-hf", str(tmp_path / "t1"), str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("model*")) == ["model.safetensors"]
+
 
 def test_presets_match_hf_configs():
     config = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936,

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import struct
 from typing import Callable, Iterable, Optional
 
 import ml_dtypes
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -151,6 +154,7 @@ def write_checkpoint(directory: str, specs: list[tuple[str, tuple[int, ...], np.
         size += nbytes
     if len(shards) == 1:
         write_file(os.path.join(directory, SINGLE_FILE), shards[0], produce)
+        _remove_stale(directory, {SINGLE_FILE})
         return [SINGLE_FILE]
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map, total = {}, 0
@@ -161,7 +165,18 @@ def write_checkpoint(directory: str, specs: list[tuple[str, tuple[int, ...], np.
             total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     with open(os.path.join(directory, INDEX_FILE), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    _remove_stale(directory, set(names) | {INDEX_FILE})
     return names
+
+
+def _remove_stale(directory: str, written: set[str]) -> None:
+    """Delete safetensors files (and an index) of an earlier export into the same folder, once the new files are
+    complete: left beside the new ones, a reader would take the old index and its shards."""
+    for name in sorted(os.listdir(directory)):
+        stale_weights = name.startswith("model") and name.endswith(".safetensors")
+        if (stale_weights or name == INDEX_FILE) and name not in written:
+            os.remove(os.path.join(directory, name))
+            log.info("%s: removed %s of an earlier export", directory, name)
 
 
 def names_of(infos: Iterable[TensorInfo]) -> list[str]:
