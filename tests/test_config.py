@@ -98,9 +98,30 @@ def test_json_with_unknown_key_is_refused(tmp_path):
         cfg_lib.load_config(str(path))
 
 
-def _t1(*args):
+def _t1(*args, env=None):
     return subprocess.run([sys.executable, "-m", "t1_jax.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+                          timeout=120, env=env)
+
+
+def test_cli_config_checks_a_pod_config_on_a_laptop():
+    """`t1 config` for a pod experiment on a 1-device CPU: --topology (or $T1_TOPOLOGY) checks it against the slice
+    it targets; without it, the mesh error says how to check for the target or emulate devices."""
+    import os
+
+    laptop = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "T1_TOPOLOGY")}
+    laptop["JAX_PLATFORMS"] = "cpu"
+    bright = "experiments/t1_4b_eval_bright.py"
+    result = _t1("config", "--config", bright, "--topology", "v5p-8", env=laptop)
+    assert result.returncode == 0, result.stderr
+    assert "config valid for v5p-8 (4 chips)" in result.stderr
+    result = _t1("config", "--config", bright, env={**laptop, "T1_TOPOLOGY": "v5p-8"})
+    assert result.returncode == 0 and "config valid for v5p-8 (4 chips)" in result.stderr, result.stderr
+    result = _t1("config", "--config", TINY, env=laptop)  # the tiny configs want 8 (fake) devices
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "checked against the 1 cpu device(s) here" in result.stderr
+    assert "--xla_force_host_platform_device_count=N" in result.stderr and "--topology SLICE" in result.stderr
+    result = _t1("config", "--config", bright, "--topology", "v9-8", env=laptop)
+    assert result.returncode != 0 and "unknown TPU generation 'v9'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_config_prints_resolved_config(tmp_path):
