@@ -97,6 +97,15 @@ def test_bad_inputs_fail_clearly(tmp_path, beir_dir, capsys):
     assert "empty query set" in capsys.readouterr().err
     assert main(["eval", "--no-bm25", "--run", "x=nothing.trec"]) == 1
     assert "pass --beir DIR and/or --bright DIR" in capsys.readouterr().err
+    # A run path with a typo used to print a table of dashes and exit 0.
+    assert main(["eval", "--beir", str(beir_dir), "--no-bm25", "--run", f"mine={tmp_path / 'missing.trec'}"]) == 1
+    captured = capsys.readouterr()
+    assert f"mine scored no dataset (e.g. no run file {tmp_path / 'missing.trec'})" in captured.err
+    assert "skipped mine on toy" in captured.out  # the table and the reason are still printed
+    # --k 0 used to mean the default (100) silently.
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query-embeddings", str(tmp_path / "q.npy"),
+                 "--query-ids", str(tmp_path / "q_ids.txt"), "--k", "0", "--out", str(tmp_path / "k0.trec")]) == 1
+    assert "--k must be positive, got 0" in capsys.readouterr().err
 
 
 def test_bright_layout(tmp_path, capsys):

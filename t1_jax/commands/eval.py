@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 NAME = "eval"
 HELP = ("evaluate retrieval on BEIR folders and/or BRIGHT domains: nDCG/Recall/MRR/MAP per dataset + average, "
@@ -95,4 +96,10 @@ def run(args: argparse.Namespace) -> int:
         from t1_jax import fs
 
         print(f"wrote {fs.absolute(args.out)}")
+    named = {_named(spec, "")[0] for spec in args.run + args.dense} | ({"bm25"} if args.bm25 else set())
+    unscored = [system for system, per_dataset in results.scores.items() if not per_dataset and system in named]
+    if unscored:  # a typo in a run path must not pass as an evaluation (the default BM25 row may be skipped)
+        first = next(iter(results.skipped[unscored[0]].values()), "")
+        print(f"t1 eval: error: {', '.join(unscored)} scored no dataset (e.g. {first})", file=sys.stderr)
+        return 1
     return 0

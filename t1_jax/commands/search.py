@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = config_lib.load_config(args.config, args.overrides) if args.config else config_lib.apply_overrides(
         config_lib.ExperimentConfig(), args.overrides)
-    k = args.k or cfg.retrieval.top_k
+    k = cfg.retrieval.top_k if args.k is None else args.k
     if k <= 0:
         raise ValueError(f"--k must be positive, got {k}")
     source = args.queries_from or ("model" if args.checkpoint else "embeddings")
