@@ -29,7 +29,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
 from t1_jax import config as config_lib
-from t1_jax import distributed, fs
+from t1_jax import distributed, fs, resume_check
 from t1_jax import mesh as mesh_lib
 from t1_jax.observe import MetricWriter, progress
 from t1_jax.optimizer import accumulate_gradients, make_optimizer, update_metrics
@@ -167,6 +167,14 @@ def batch_shardings(mesh: Mesh, shapes: dict[str, tuple], logical_axes: Optional
             for k, s in shapes.items()}
 
 
+def _latest_saved_step(checkpoint_dir: str) -> Optional[int]:
+    """The highest step folder under ``checkpoint_dir`` (None when there is none), read without orbax."""
+    if not fs.isdir(checkpoint_dir):
+        return None
+    steps = [int(name) for name in fs.listdir(checkpoint_dir) if name.isdigit()]
+    return max(steps, default=None)
+
+
 class Trainer:
     def __init__(self, cfg: config_lib.ExperimentConfig, workdir: str, mesh: Mesh):
         self.cfg = cfg
@@ -177,11 +185,12 @@ class Trainer:
         self.preempted_at: Optional[int] = None  # the step saved because of a stop signal
         self._batch_axes: Optional[dict] = None
         self._stall_warned = False
+        # Every process checks a resume's config (so all refuse together); process 0 writes it (resume_check).
+        latest = _latest_saved_step(fs.join(self.workdir, "checkpoints"))
         if jax.process_index() == 0:
             fs.makedirs(self.workdir)
-            path = fs.join(self.workdir, "config.json")
-            note_master_dtype_change(path, cfg.model.param_dtype)
-            config_lib.save_json(cfg, path)
+            note_master_dtype_change(fs.join(self.workdir, "config.json"), cfg.model.param_dtype)
+        resume_check.check_and_record(self.workdir, cfg, latest, write=jax.process_index() == 0)
 
     # ---- state -----------------------------------------------------------------------------------------------------
 

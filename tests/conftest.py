@@ -46,7 +46,7 @@ def pytest_configure(config):
 # The longest files (about 1-3 minutes each on a 2-core machine) start first, so that with pytest-xdist's one-file-
 # per-worker scheduling the short files fill in around them instead of one long file running alone at the end.
 LONG_FIRST = ("test_multihost.py", "test_gcs.py", "test_precision.py", "test_quickstart_e2e.py", "test_trainer.py",
-              "test_compile_check.py", "test_contrastive_stage.py", "test_grpo_stage.py")
+              "test_compile_check.py", "test_contrastive_stage.py", "test_grpo_stage.py", "test_resume_check.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
