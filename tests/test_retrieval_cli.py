@@ -245,6 +245,9 @@ def test_output_that_would_replace_an_input_is_refused_before_any_work(tmp_path,
     assert main(["embed", "--checkpoint", str(tmp_path / "no-model"), "--queries", str(npy_sidecar), "--out",
                  str(tmp_path / "e.npy")]) == 1
     assert f"{npy_sidecar} would overwrite the input --queries" in capsys.readouterr().err
+    assert main(["embed", "--checkpoint", str(tmp_path / "no-model"), "--queries", str(queries), "--out",
+                 str(tmp_path / "q.npy")]) == 1  # used to say "no tokenizer given"
+    assert f"--checkpoint {tmp_path / 'no-model'} does not exist" in capsys.readouterr().err
 
     run = tmp_path / "r.trec"
     run.write_text("q0 Q0 d0 1 1.0 t\n")

@@ -88,6 +88,8 @@ def test_load_checks_and_bad_input(tmp_path):
         load_index(str(tmp_path))
     with pytest.raises(ValueError, match="duplicate document id '3'"):
         build_index(docs[:4], ["0", "1", "3", "3"])
+    with pytest.raises(ValueError, match=r"document id 'd 2' \(row 2\) is empty or contains whitespace"):
+        build_index(docs[:4], ["0", "1", "d 2", "3"])  # used to be indexed, then break t1 search's TREC run
     with pytest.raises(ValueError, match="non-empty"):
         build_index(np.zeros((0, 16), np.float32), [])
     with pytest.raises(ValueError, match=r"queries must be \[batch, 16\]"):

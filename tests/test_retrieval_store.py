@@ -99,6 +99,10 @@ def test_refusals(tmp_path):
         store.write_chunk(0, np.full((4, DIM), np.nan, np.float32))
     with pytest.raises(FileNotFoundError, match="not an embedding store"):
         EmbeddingStore.open(str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="--chunk-rows must be positive, got -4"):  # was a raw tensorstore error
+        encode_corpus(_docs(10), _embed, str(tmp_path / "neg"), batch_size=4, chunk_rows=-4)
+    with pytest.raises(ValueError, match=r"document id 'a b' is empty or contains whitespace"):
+        EmbeddingStore.create(str(tmp_path / "ws"), 2, DIM, "float32", ["a b", "c"])
 
 
 def test_chunk_lost_after_its_marker_is_refused_then_re_encoded(tmp_path):

@@ -34,6 +34,8 @@ def load_encoder(args: argparse.Namespace, checkpoint: str):
     from t1_jax.mesh import make_mesh
     from t1_jax.stages.build import model_dir
 
+    if not fs.exists(checkpoint):  # before anything else: "no tokenizer given" used to be the first complaint
+        raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a `t1 train` workdir or a model folder)")
     if args.config:
         cfg = config_lib.load_config(args.config, args.overrides)
         distributed.initialize(cfg.mesh)

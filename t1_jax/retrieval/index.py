@@ -183,6 +183,9 @@ def build_index(emb_nd, ids: Sequence[str], out_dir: Optional[str] = None, finge
     for row, x in enumerate(ids):
         if x in seen:
             raise ValueError(f"index: duplicate document id {x!r} (rows {seen[x]} and {row})")
+        if not x or any(ch.isspace() for ch in x):  # a TREC run (t1 search --out) could not hold it
+            raise ValueError(f"index: document id {x!r} (row {row}) is empty or contains whitespace; TREC runs "
+                             f"separate fields by whitespace")
         seen[x] = row
     if not np.isfinite(emb_nd).all():
         raise ValueError("index: embeddings contain NaN or infinite values")

@@ -73,6 +73,12 @@ class EmbeddingStore:
             raise ValueError("duplicate document ids: every row of the store needs a distinct id")
         if dim <= 0:
             raise ValueError(f"embedding dim must be positive, got {dim}")
+        if chunk_rows is not None and chunk_rows <= 0:
+            raise ValueError(f"chunk rows must be positive, got {chunk_rows}")
+        bad = next((i for i in ids if not i or any(ch.isspace() for ch in i)), None)
+        if bad is not None:
+            raise ValueError(f"document id {bad!r} is empty or contains whitespace: ids.txt holds one id per line and "
+                             f"TREC runs separate fields by whitespace")
         chunk_rows = int(chunk_rows or default_chunk_rows(dim, dtype))
         meta = {"format": FORMAT, "num_docs": int(num_docs), "dim": int(dim), "dtype": dtype,
                 "chunk_rows": chunk_rows, "fingerprint": fingerprint, "ids_sha256": _ids_digest(ids)}
@@ -218,6 +224,8 @@ def encode_corpus(doc_iter: Iterable[tuple[str, str]], embed_fn: Callable[[list[
         raise ValueError("encode: the corpus is empty")
     if dim is None:
         dim = int(np.asarray(embed_fn(texts[:1])).shape[-1])
+    if chunk_rows is not None and chunk_rows <= 0:
+        raise ValueError(f"--chunk-rows must be positive, got {chunk_rows}")
     rows = chunk_rows or default_chunk_rows(dim, dtype, batch_size)
     if pi == 0:
         store = EmbeddingStore.create(store_path, len(ids), dim, dtype, ids, fingerprint, rows)
