@@ -249,6 +249,13 @@ def test_output_that_would_replace_an_input_is_refused_before_any_work(tmp_path,
                  str(tmp_path / "q.npy")]) == 1  # used to say "no tokenizer given"
     assert f"--checkpoint {tmp_path / 'no-model'} does not exist" in capsys.readouterr().err
 
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    for argv in (["train", "--config", "experiments/tiny_stage1.py", "--workdir", str(a_file)],
+                 ["index", "--store", str(store), "--out", str(a_file)]):
+        assert main(argv) == 1  # was a FileExistsError traceback (train) or a tensorstore error
+        assert f"{a_file} is a file; it must be a folder" in capsys.readouterr().err
+
     run = tmp_path / "r.trec"
     run.write_text("q0 Q0 d0 1 1.0 t\n")
     assert main(["eval", "--no-bm25", "--run", f"mine={run}", "--out", str(run)]) == 1

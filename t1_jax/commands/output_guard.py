@@ -3,7 +3,8 @@
 
 Each subcommand's output arguments are listed in ``OUTPUTS`` (with the files an output argument also names:
 ``t1 embed --out X.npy`` writes ``X.ids.txt`` and ``X.reasoning.jsonl`` too); every other string argument, and the
-``PATH`` of a ``NAME=PATH`` list element (``t1 eval --run``), counts as a possible input.
+``PATH`` of a ``NAME=PATH`` list element (``t1 eval --run``), counts as a possible input. Output folders (a workdir,
+a store, an index) that exist as a file are refused too.
 """
 from __future__ import annotations
 
@@ -45,8 +46,16 @@ def _inputs(args: argparse.Namespace, outputs: set[str]) -> Iterator[tuple[str, 
                 yield name, item.split("=", 1)[1] if "=" in item and not fs.is_url(item) else item
 
 
+FOLDER_OUTPUTS = {"train": "workdir", "quickstart": "workdir", "encode": "out", "index": "out", "convert": "dst"}
+
+
 def check(args: argparse.Namespace) -> None:
-    """Raise ValueError naming both arguments when an output path is also an input path."""
+    """Raise ValueError naming both arguments when an output path is also an input path, or when an output folder
+    (a workdir, a store, an index) is an existing file."""
+    folder_arg = FOLDER_OUTPUTS.get(getattr(args, "command", ""))
+    folder = getattr(args, folder_arg, None) if folder_arg else None
+    if folder and not fs.is_url(folder) and os.path.isfile(fs.local(folder)):
+        raise ValueError(f"{_label(folder_arg)} {folder} is a file; it must be a folder (new or earlier output)")
     outputs = OUTPUTS.get(getattr(args, "command", ""), {})
     inputs = list(_inputs(args, set(outputs)))
     for out_name, paths_of in outputs.items():
