@@ -38,6 +38,28 @@ def test_read_jsonl_skips_blank_lines_and_reports_lines(tmp_path):
         list(read_jsonl(arr))
 
 
+def test_unreadable_bytes_name_the_file_and_line(tmp_path):
+    """Non-UTF-8 bytes, a .gz that is not gzip, a .gz cut short: a DataError with file:line, not a traceback."""
+    rows = "".join(json.dumps({"_id": f"d{i}", "text": "x"}) + "\n" for i in range(3))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(rows.encode() + '{"_id": "d3", "text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.jsonl:4: not UTF-8 text .* convert the file to UTF-8"):
+        list(read_jsonl(str(latin)))
+    fake = tmp_path / "plain.jsonl.gz"
+    fake.write_text(rows)
+    with pytest.raises(DataError, match=r"plain.jsonl.gz:1: cannot read on \(BadGzipFile.*really gzip"):
+        list(read_jsonl(str(fake)))
+    cut = tmp_path / "cut.jsonl.gz"
+    whole = gzip.compress((rows * 2000).encode())
+    cut.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match=r"cut.jsonl.gz:\d+: cannot read on \(EOFError"):
+        list(read_jsonl(str(cut)))
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_bytes("q1\t0\td1\t1\nq2\t0\td\xe9\t1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"qrels.tsv:2: not UTF-8 text \(byte b'\\xe9' at column 7"):
+        read_qrels(str(qrels))
+
+
 @pytest.mark.parametrize("qrels_text", ["q1\t0 d1\t2\nq2 0 d2 1\nq2 0 d9 1\n",
                                         "query-id\tcorpus-id\tscore\nq1\td1\t2\nq2\td2\t1\nq2\td9\t1\n"])
 def test_load_beir_both_qrels_layouts(tmp_path, qrels_text):

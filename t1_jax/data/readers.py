@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import logging
+import zlib
 from typing import Iterable, Iterator, Optional
 
 from t1_jax import fs
@@ -34,19 +35,39 @@ def _open_text(path: str) -> io.TextIOBase:
     return fs.open(path, encoding="utf-8")
 
 
+def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line_no, line)`` of a text file (1-based); bytes that are not UTF-8, or a ``.gz`` file that is not gzip or
+    is cut short, raise a DataError naming the file and the line where reading stopped."""
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    line_no = 0
+    try:
+        raw = fs.open(path, "rb")
+        with (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
+            for line_no, data in enumerate(f, start=1):  # bytes per line: a decoding error names its own line
+                yield line_no, data.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at column "
+                        f"{e.start + 1} cannot be decoded); convert the file to UTF-8") from None
+    except (OSError, EOFError, zlib.error) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DataError(f"{path}:{line_no + 1}: cannot read on ({type(e).__name__}: {e}); is the file complete "
+                        f"{'and really gzip' if path.endswith('.gz') else ''}?".replace(" ?", "?")) from None
+
+
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
     """``(line_no, object)`` for each non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file (1-based line numbers)."""
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
-            yield line_no, obj
+    for line_no, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+        yield line_no, obj
 
 
 def require(obj: dict, field: str, path: str, line_no: int, kinds: tuple[type, ...] = (str,)) -> object:
@@ -82,32 +103,31 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
     A first line whose relevance column is not an integer is taken as a header. Repeated judgements keep the last.
     """
     qrels: dict[str, dict[str, int]] = {}
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) == 4:
-                qid, _, docid, rel = fields
-            elif len(fields) == 3:
-                qid, docid, rel = fields
-            else:
-                raise DataError(f"{path}:{line_no}: expected 'qid 0 docid rel' or 'query-id corpus-id score', got "
-                                f"{len(fields)} fields")
+    for line_no, line in numbered_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 4:
+            qid, _, docid, rel = fields
+        elif len(fields) == 3:
+            qid, docid, rel = fields
+        else:
+            raise DataError(f"{path}:{line_no}: expected 'qid 0 docid rel' or 'query-id corpus-id score', got "
+                            f"{len(fields)} fields")
+        try:
+            value = int(rel)
+        except ValueError:
             try:
-                value = int(rel)
+                as_float = float(rel)
             except ValueError:
-                try:
-                    as_float = float(rel)
-                except ValueError:
-                    as_float = None
-                if as_float is not None and as_float.is_integer():
-                    value = int(as_float)
-                elif line_no == 1 and not qrels:
-                    continue  # header, e.g. "query-id corpus-id score"
-                else:
-                    raise DataError(f"{path}:{line_no}: relevance {rel!r} is not an integer") from None
-            qrels.setdefault(qid, {})[docid] = value
+                as_float = None
+            if as_float is not None and as_float.is_integer():
+                value = int(as_float)
+            elif line_no == 1 and not qrels:
+                continue  # header, e.g. "query-id corpus-id score"
+            else:
+                raise DataError(f"{path}:{line_no}: relevance {rel!r} is not an integer") from None
+        qrels.setdefault(qid, {})[docid] = value
     if not qrels:
         raise DataError(f"{path}: no judgements found (empty qrels)")
     return qrels
@@ -116,14 +136,13 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
 def read_id_pairs(path: str) -> dict[str, set[str]]:
     """``qid docid`` per line (e.g. BRIGHT's ``exclude.bright-leetcode.txt``) -> {qid: {docid}}."""
     pairs: dict[str, set[str]] = {}
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise DataError(f"{path}:{line_no}: expected 'qid docid', got {len(fields)} fields")
-            pairs.setdefault(fields[0], set()).add(fields[1])
+    for line_no, line in numbered_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DataError(f"{path}:{line_no}: expected 'qid docid', got {len(fields)} fields")
+        pairs.setdefault(fields[0], set()).add(fields[1])
     return pairs
 
 

@@ -10,31 +10,30 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from t1_jax import fs
-from t1_jax.data.readers import DataError, _open_text, read_qrels  # noqa: F401  (re-export)
+from t1_jax.data.readers import DataError, numbered_lines, read_qrels  # noqa: F401  (re-export)
 from t1_jax.retrieval.metrics import rank
 
 
 def read_run(path: str) -> dict[str, dict[str, float]]:
     """A TREC run -> ``{qid: {docid: score}}``. A document listed twice for one query is an error."""
     run: dict[str, dict[str, float]] = {}
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise DataError(f"{path}:{line_no}: expected 'qid Q0 docid rank score tag', got {len(fields)} fields")
-            qid, _, docid, _, score, _ = fields
-            try:
-                value = float(score)
-            except ValueError:
-                raise DataError(f"{path}:{line_no}: score {score!r} is not a number") from None
-            if not math.isfinite(value):  # a nan ranks nowhere consistently: the metrics would follow line order
-                raise DataError(f"{path}:{line_no}: score {score!r} is not finite")
-            docs = run.setdefault(qid, {})
-            if docid in docs:
-                raise DataError(f"{path}:{line_no}: document {docid!r} appears twice for query {qid!r}")
-            docs[docid] = value
+    for line_no, line in numbered_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise DataError(f"{path}:{line_no}: expected 'qid Q0 docid rank score tag', got {len(fields)} fields")
+        qid, _, docid, _, score, _ = fields
+        try:
+            value = float(score)
+        except ValueError:
+            raise DataError(f"{path}:{line_no}: score {score!r} is not a number") from None
+        if not math.isfinite(value):  # a nan ranks nowhere consistently: the metrics would follow line order
+            raise DataError(f"{path}:{line_no}: score {score!r} is not finite")
+        docs = run.setdefault(qid, {})
+        if docid in docs:
+            raise DataError(f"{path}:{line_no}: document {docid!r} appears twice for query {qid!r}")
+        docs[docid] = value
     if not run:
         raise DataError(f"{path}: the run is empty")
     return run
