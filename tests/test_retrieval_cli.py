@@ -95,6 +95,10 @@ def test_bad_inputs_fail_clearly(tmp_path, beir_dir, capsys):
     assert main(["search", "--index", str(tmp_path / "idx"), "--query-embeddings", str(tmp_path / "empty.jsonl"),
                  "--out", str(tmp_path / "r.trec")]) == 1
     assert "empty query set" in capsys.readouterr().err
+    (tmp_path / "not.npy").write_text("d0 0.1 0.2\n")  # numpy's own error suggested loading a pickle
+    assert main(["index", "--embeddings", str(tmp_path / "not.npy"), "--ids", str(tmp_path / "doc_ids.txt"),
+                 "--out", str(tmp_path / "idx2")]) == 1
+    assert "not.npy: not a .npy file (no NumPy header)" in capsys.readouterr().err
     assert main(["eval", "--no-bm25", "--run", "x=nothing.trec"]) == 1
     assert "pass --beir DIR and/or --bright DIR" in capsys.readouterr().err
     # A run path with a typo used to print a table of dashes and exit 0.

@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
             emb_nd = emb_nd / norms
     tune_queries = None
     if args.tune_queries:
-        tune_queries = np.load(args.tune_queries).astype(np.float32)
+        from t1_jax.retrieval.queries import load_npy
+
+        tune_queries = np.asarray(load_npy(args.tune_queries, "tuning query embeddings"), np.float32)
         if tune_queries.ndim != 2 or tune_queries.shape[1] != emb_nd.shape[1]:
             raise ValueError(f"{args.tune_queries}: expected [num_queries, {emb_nd.shape[1]}] query embeddings, got "
                              f"shape {tune_queries.shape}")

@@ -36,15 +36,25 @@ def check_unique(ids: Sequence[str], source: str) -> None:
         seen[x] = i
 
 
+def load_npy(path: str, what: str = "embeddings") -> np.ndarray:
+    """A ``.npy`` array (memory-mapped when local), or a DataError when the file is not one: numpy's own message
+    for other bytes talks about pickled data, which we never load."""
+    with fs.open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise DataError(f"{path}: not a .npy file (no NumPy header); {what} must be a float array written by "
+                        f"numpy.save")
+    if fs.is_url(path):
+        with fs.open(path, "rb") as f:
+            return np.load(f)
+    return np.load(path, mmap_mode="r")
+
+
 def load_embeddings(path: str, ids_path: Optional[str], what: str = "embeddings") -> tuple[list[str], np.ndarray]:
     """``(ids, x_nd float32)`` from ``.npy`` + ids file; checks shape, row count, finiteness and unique ids."""
     if not ids_path:
         raise ValueError(f"{path}: a .npy file of {what} needs its ids file (one id per line, same order)")
-    if fs.is_url(path):
-        with fs.open(path, "rb") as f:
-            x_nd = np.load(f)
-    else:
-        x_nd = np.load(path, mmap_mode="r")
+    x_nd = load_npy(path, what)
     if x_nd.ndim != 2:
         raise DataError(f"{path}: expected a 2-D array [rows, dim] of {what}, got shape {x_nd.shape}")
     ids = read_ids(ids_path)
