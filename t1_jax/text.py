@@ -80,6 +80,10 @@ def load_tokenizer(path_or_id: str, emb_token: str = "<embtoken>"):
 
     if not path_or_id:
         raise ValueError("no tokenizer given: set text.tokenizer to a folder with tokenizer.json or a hub id")
+    if fs.isdir(path_or_id) and not fs.exists(fs.join(path_or_id, "tokenizer.json")):
+        found = fs.listdir(path_or_id)  # transformers would answer with advice about sentencepiece
+        raise ValueError(f"tokenizer folder {path_or_id} has no tokenizer.json (T1 needs a fast tokenizer: "
+                         f"tokenizer.json + tokenizer_config.json); it holds {found[:8] if found else 'nothing'}")
     try:
         with fs.local_copy(path_or_id) as local_path:  # a gs:// folder is downloaded (the tokenizer is read whole)
             tokenizer = AutoTokenizer.from_pretrained(local_path)

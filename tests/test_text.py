@@ -60,6 +60,9 @@ def test_load_tokenizer_errors_name_the_problem(tmp_path):
         load_tokenizer("")
     with pytest.raises(ValueError, match="cannot load a tokenizer"):
         load_tokenizer(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()  # transformers' own answer was advice about sentencepiece
+    with pytest.raises(ValueError, match=r"empty has no tokenizer.json .* it holds nothing"):
+        load_tokenizer(str(tmp_path / "empty"))
 
 
 def test_document_format_round_trips(fmt, tok):
