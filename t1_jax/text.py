@@ -80,7 +80,8 @@ def load_tokenizer(path_or_id: str, emb_token: str = "<embtoken>"):
 
     if not path_or_id:
         raise ValueError("no tokenizer given: set text.tokenizer to a folder with tokenizer.json or a hub id")
-    if fs.isdir(path_or_id) and not fs.exists(fs.join(path_or_id, "tokenizer.json")):
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if fs.isdir(path_or_id) and not any(fs.exists(fs.join(path_or_id, f)) for f in tokenizer_files):
         found = fs.listdir(path_or_id)  # transformers would answer with advice about sentencepiece
         raise ValueError(f"tokenizer folder {path_or_id} has no tokenizer.json (T1 needs a fast tokenizer: "
                          f"tokenizer.json + tokenizer_config.json); it holds {found[:8] if found else 'nothing'}")
