@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import FAST_COMPILE, REPO
 
 
@@ -31,6 +33,15 @@ def test_quickstart_fast_writes_every_artifact(tmp_path):
         assert len(run_lines) == 32 * 100 and len(run_lines[0].split()) == 6
         reasoning = [json.loads(line) for line in (ev / "reasoning.jsonl").read_text().splitlines()]
         assert len(reasoning) == 32 and all({"query_id", "query", "reasoning"} <= set(r) for r in reasoning)
+
+
+
+@pytest.mark.slow  # a second quickstart run (about 40 s on 2 cores); shuffle_rewards itself: test_grpo_stage
+def test_quickstart_control_runs_beside_stage3(tmp_path):
+    env = {**os.environ, "T1_NO_PROGRESS": "1", "XLA_FLAGS": FAST_COMPILE}
+    first = subprocess.run([sys.executable, "-m", "t1_jax.cli", "quickstart", "--fast", "--workdir", str(tmp_path)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stderr[-4000:]
 
     # The stage-3 control runs beside the real stage 3 in the same workdir, from the same stage 2 (not retrained).
     control = subprocess.run([sys.executable, "-m", "t1_jax.cli", "quickstart", "--fast", "--workdir", str(tmp_path),
