@@ -8,9 +8,10 @@ Names are normalised through :func:`t1_jax.tpu.parse_topology` (``v5e-16`` and `
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 from t1_jax import config as config_lib
 from t1_jax.config import ConfigError, ExperimentConfig
@@ -36,6 +37,20 @@ class PodLayout:
                 f"data.global_batch_size={self.global_batch_size}",
                 f"optimizer.grad_accum_steps={self.grad_accum_steps}",
                 f"loss.gradcache_chunk={self.gradcache_chunk}"] + [f"{k}={v}" for k, v in self.extra]
+
+
+@contextlib.contextmanager
+def topology_selected(accelerator_type: str) -> Iterator[None]:
+    """``$T1_TOPOLOGY`` set to ``accelerator_type`` while a config loads (its layout row), then put back."""
+    previous = os.environ.get(TOPOLOGY_ENV)
+    os.environ[TOPOLOGY_ENV] = accelerator_type
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(TOPOLOGY_ENV, None)
+        else:
+            os.environ[TOPOLOGY_ENV] = previous
 
 
 def canonical_topology(name: str) -> str:

@@ -8,6 +8,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -38,8 +39,11 @@ def gcs_emulator():
     """Start the emulator with ``BUCKET`` created; yields the environment to run with (set in os.environ too)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    # Its log goes to a file: the emulator prints a traceback for every request it fails, and a pipe nobody reads
+    # fills after 64 KiB and then blocks the server mid-request (seen: a whole CI run hung in gcsfs).
+    log_file = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.gcs_emulator_server", str(port), BUCKET],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         deadline = time.time() + 30
         while True:
@@ -48,7 +52,8 @@ def gcs_emulator():
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"gcp-storage-emulator did not start: {proc.stderr.read().decode()[-2000:]}")
+                    log_file.seek(0)
+                    raise RuntimeError(f"gcp-storage-emulator did not start: {log_file.read().decode()[-2000:]}")
                 time.sleep(0.2)
         env = emulator_env(url)
         saved = {k: os.environ.get(k) for k in env}
@@ -69,6 +74,7 @@ def gcs_emulator():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log_file.close()
 
 
 def _forget_cached_filesystems() -> None:

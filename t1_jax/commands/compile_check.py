@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from t1_jax.commands.common import add_config_arguments
@@ -30,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from t1_jax import compile_check
     from t1_jax.config import load_config
-    from t1_jax.layouts import TOPOLOGY_ENV
+    from t1_jax.layouts import topology_selected
     from t1_jax.tpu import libtpu_available, parse_topology
 
     spec = parse_topology(args.topology)  # ValueError -> one line from the CLI
@@ -38,15 +37,8 @@ def run(args: argparse.Namespace) -> int:
         print("t1 compile-check: libtpu is not installed; install the tpu extra: pip install -e '.[tpu]'",
               file=sys.stderr)
         return 2
-    previous = os.environ.get(TOPOLOGY_ENV)
-    os.environ[TOPOLOGY_ENV] = spec.accelerator_type
-    try:
+    with topology_selected(spec.accelerator_type):
         cfg = load_config(args.config, args.overrides)
-    finally:
-        if previous is None:
-            os.environ.pop(TOPOLOGY_ENV, None)
-        else:
-            os.environ[TOPOLOGY_ENV] = previous
     try:
         result = compile_check.check(cfg, args.topology, args.program)
     except compile_check.StageNotAvailable as e:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,21 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from t1_jax import config as config_lib
 
-    from t1_jax.layouts import TOPOLOGY_ENV
+    from t1_jax.layouts import TOPOLOGY_ENV, topology_selected
     from t1_jax.tpu import parse_topology
 
     topology = args.topology or os.environ.get(TOPOLOGY_ENV)
     spec = parse_topology(topology) if topology else None  # ValueError -> one line from the CLI
-    previous = os.environ.get(TOPOLOGY_ENV)
-    if spec:
-        os.environ[TOPOLOGY_ENV] = spec.accelerator_type  # the experiment's layout row for that slice
-    try:
+    with topology_selected(spec.accelerator_type) if spec else contextlib.nullcontext():  # that slice's layout row
         cfg = config_from_args(args)
-    finally:
-        if previous is None:
-            os.environ.pop(TOPOLOGY_ENV, None)
-        else:
-            os.environ[TOPOLOGY_ENV] = previous
     devices, where = args.devices, f"{args.devices} devices"
     if devices is None and spec:
         devices, where = spec.chips, f"{spec.accelerator_type} ({spec.chips} chips)"

@@ -5,9 +5,9 @@ numbers) through :class:`DataError`, a ``ValueError`` the ``t1`` command prints 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
-import io
 import json
 import logging
 import zlib
@@ -25,16 +25,6 @@ class DataError(ValueError):
     """A problem in an input file; the message starts with ``file:line:`` when a line is at fault."""
 
 
-def _open_text(path: str) -> io.TextIOBase:
-    """A UTF-8 text file, local or gs:// (``t1_jax.fs``), gunzipped when it ends in ``.gz``."""
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.endswith(".gz"):
-        raw = gzip.GzipFile(fileobj=fs.open(path, "rb")) if fs.is_url(path) else gzip.open(path, "rb")
-        return io.TextIOWrapper(raw, encoding="utf-8")
-    return fs.open(path, encoding="utf-8")
-
-
 def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
     """``(line_no, line)`` of a text file (1-based); bytes that are not UTF-8, or a ``.gz`` file that is not gzip or
     is cut short, raise a DataError naming the file and the line where reading stopped."""
@@ -42,8 +32,10 @@ def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
         raise FileNotFoundError(f"{path} does not exist")
     line_no = 0
     try:
-        raw = fs.open(path, "rb")
-        with (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(fs.open(path, "rb"))
+            if path.endswith(".gz"):
+                f = stack.enter_context(gzip.GzipFile(fileobj=f))  # closing it leaves the file open: both closed
             for line_no, data in enumerate(f, start=1):  # bytes per line: a decoding error names its own line
                 yield line_no, data.decode("utf-8").replace("\r\n", "\n")
     except UnicodeDecodeError as e:
@@ -54,6 +46,14 @@ def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
             raise
         raise DataError(f"{path}:{line_no + 1}: cannot read on ({type(e).__name__}: {e}); is the file complete "
                         f"{'and really gzip' if path.endswith('.gz') else ''}?".replace(" ?", "?")) from None
+
+
+def numbered_fields(path: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line_no, whitespace-separated fields)`` of each non-blank line (qrels, TREC runs, id pairs)."""
+    for line_no, line in numbered_lines(path):
+        fields = line.split()
+        if fields:
+            yield line_no, fields
 
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
@@ -103,10 +103,7 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
     A first line whose relevance column is not an integer is taken as a header. Repeated judgements keep the last.
     """
     qrels: dict[str, dict[str, int]] = {}
-    for line_no, line in numbered_lines(path):
-        fields = line.split()
-        if not fields:
-            continue
+    for line_no, fields in numbered_fields(path):
         if len(fields) == 4:
             qid, _, docid, rel = fields
         elif len(fields) == 3:
@@ -136,10 +133,7 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
 def read_id_pairs(path: str) -> dict[str, set[str]]:
     """``qid docid`` per line (e.g. BRIGHT's ``exclude.bright-leetcode.txt``) -> {qid: {docid}}."""
     pairs: dict[str, set[str]] = {}
-    for line_no, line in numbered_lines(path):
-        fields = line.split()
-        if not fields:
-            continue
+    for line_no, fields in numbered_fields(path):
         if len(fields) != 2:
             raise DataError(f"{path}:{line_no}: expected 'qid docid', got {len(fields)} fields")
         pairs.setdefault(fields[0], set()).add(fields[1])

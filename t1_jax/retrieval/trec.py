@@ -10,17 +10,14 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from t1_jax import fs
-from t1_jax.data.readers import DataError, numbered_lines, read_qrels  # noqa: F401  (re-export)
+from t1_jax.data.readers import DataError, numbered_fields, read_qrels  # noqa: F401  (re-export)
 from t1_jax.retrieval.metrics import rank
 
 
 def read_run(path: str) -> dict[str, dict[str, float]]:
     """A TREC run -> ``{qid: {docid: score}}``. A document listed twice for one query is an error."""
     run: dict[str, dict[str, float]] = {}
-    for line_no, line in numbered_lines(path):
-        fields = line.split()
-        if not fields:
-            continue
+    for line_no, fields in numbered_fields(path):
         if len(fields) != 6:
             raise DataError(f"{path}:{line_no}: expected 'qid Q0 docid rank score tag', got {len(fields)} fields")
         qid, _, docid, _, score, _ = fields
