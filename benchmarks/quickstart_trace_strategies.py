@@ -3,8 +3,9 @@
 GRPO can only reinforce what the policy samples: if a group of rollouts never holds a trace that is both the better
 strategy and correct, the advantages carry no preference for it. This script samples every held-out query of a
 finished `t1 quickstart` workdir several times (temperature 1, as the stage-3 rollouts) and counts, for the teacher's
-shortcut phrasings and the others, the traces that use the full place-value derivation (`37*6=30*6+7*6=180+42=222`)
-or the rounding shortcut (`37*6=40*6=240`), and how many of each end in the right answer.
+shortcut phrasings and the others, the traces that use the full derivation (products: `37*6=30*6+7*6=180+42=222`;
+sums: the columns `7+5+0=12,3+8+1=12:122`) or the rounding shortcut (`37*6=40*6=240`, `40+90=130`), and how many of
+each end in the right answer.
 
     python benchmarks/quickstart_trace_strategies.py --workdir runs/quickstart --stage stage2 --samples 4
 """
@@ -14,6 +15,7 @@ import argparse
 import collections
 import json
 import os
+import re
 
 
 def main() -> None:
@@ -40,7 +42,8 @@ def main() -> None:
         for h, trace in zip(held, traces):
             group = "shortcut phrasings" if h["template"] in shortcut else "other phrasings"
             head = trace.rsplit(",", 1)[0]
-            strategy = "full derivation" if head.count("=") >= 3 else "shortcut / other"
+            derived = re.search(r"\d\+\d\+[01]=", trace) or head.count("=") >= 3  # columns of a sum; a product
+            strategy = "full derivation" if derived else "shortcut / other"
             counts[group, strategy] += 1
             counts[group, strategy, "right"] += answer_in_reasoning(trace) == h["answer"]
     print(f"{args.stage}, {args.samples} samples per held-out query at temperature {args.temperature}")

@@ -23,9 +23,10 @@ def words(text):
     return set(re.findall(r"[a-z]+|\d+", text.lower()))
 
 
-def product_in_query(text):
+def answer_in_query(text):
+    """The number a query asks for, read from its text alone (independent of the generator's bookkeeping)."""
     a, b = map(int, re.findall(r"\d+", text))
-    return a * b
+    return a + b if re.search(r"\b(plus|sum|add)\b", text) else a * b
 
 
 def read_jsonl(path):
@@ -80,6 +81,8 @@ def test_teacher_reasoning_is_correct_arithmetic():
     stepwise = teacher_reasoning(Problem("mul_3x1", 237, 6), stepwise_sums=True)
     assert "1200 + 180 + 42 = 1380 + 42 = 1422" in stepwise
     for name, kind in KINDS.items():
+        if kind.op != "mul":
+            continue
         for p in kind.pool(name)[::37]:
             for stepwise, compact in itertools.product((False, True), (False, True)):
                 trace = teacher_reasoning(p, stepwise, compact)
@@ -88,6 +91,49 @@ def test_teacher_reasoning_is_correct_arithmetic():
                 for side in expressions.split("=" if compact else " = "):
                     assert re.fullmatch(r"[\d *+]+", side) and eval(side) == p.a * p.b, (trace, side)  # noqa: S307
                 assert words_part == number_words(p.a * p.b) and answer_in_reasoning(trace) == p.a * p.b
+
+
+def test_column_addition_is_exact_and_fixed_width():
+    from t1_jax.quickstart.task import column_addition, shortcut_reasoning
+
+    assert (teacher_reasoning(Problem("add_2x2", 37, 85), compact=True)
+            == "7+5+0=12,3+8+1=12:122, one hundred twenty-two")
+    assert (teacher_reasoning(Problem("add_3x3", 937, 485), compact=True, words=False)
+            == "7+5+0=12,3+8+1=12,9+4+1=14:1422")
+    assert teacher_reasoning(Problem("add_2x2", 10, 10)) == "0 + 0 + 0 = 00, 1 + 1 + 0 = 02: 20, twenty"
+    assert shortcut_reasoning(Problem("add_2x2", 37, 85), compact=True) == "~40+90=130, one hundred thirty"
+    assert shortcut_reasoning(Problem("add_2x2", 34, 56), compact=True, words=False) == "~30+60=90"  # cancels
+    rng = np.random.default_rng(0)
+    for name in ("add_2x2", "add_3x3"):
+        kind = KINDS[name]
+        for a, b in zip(rng.integers(kind.a_range[0], kind.a_range[1] + 1, 300),
+                        rng.integers(kind.b_range[0], kind.b_range[1] + 1, 300)):
+            p = Problem(name, int(a), int(b))
+            trace = teacher_reasoning(p, compact=True)
+            columns, digits_words = trace.split(":")
+            assert p.answer == a + b
+            carry = 0
+            for i, column in enumerate(columns.split(",")):  # ones first, each "x+y+c=ss", every one 9 characters
+                assert re.fullmatch(r"\d\+\d\+[01]=\d\d", column), trace
+                x, y, c, total = map(int, re.findall(r"\d+", column))
+                assert (x, y, c) == (a // 10 ** i % 10, b // 10 ** i % 10, carry) and total == x + y + c
+                carry = total // 10
+            assert digits_words == f"{a + b}, {number_words(int(a + b))}" and answer_in_reasoning(trace) == a + b
+            no_carry = column_addition(p, carries=False, compact=True)
+            assert "+1=" not in no_carry
+            estimate = answer_in_reasoning(shortcut_reasoning(p, compact=True))
+            assert estimate == (a + 5) // 10 * 10 + (b + 5) // 10 * 10  # rounds both operands, loses the exact sum
+
+
+def test_large_kinds_are_sampled_without_repeats():
+    cfg = TaskConfig(num_train=3000, num_test=50, num_grpo=40, kinds=(("add_3x3", 1.0),), num_distractor_docs=0)
+    task = generate_task(cfg)
+    splits = [{q.problem for q in getattr(task, split)} for split in ("train", "test", "grpo")]
+    assert [len(s) for s in splits] == [3000, 50, 40]  # distinct within each split ...
+    assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])  # ... and across them
+    assert [q.text for q in generate_task(cfg).test] == [q.text for q in task.test]
+    with pytest.raises(ValueError, match="do not exist"):
+        KINDS["add_2x2"].sample("add_2x2", __import__("random").Random(0), 9000, set())
 
 
 def test_same_seed_same_task_different_seed_different(task, files, tmp_path):
@@ -108,9 +154,35 @@ def test_query_and_relevant_document_share_no_word(task):
     for q in task.train + task.test:
         positive = task.doc(q.positive_id).text
         assert not words(q.text) & words(positive), (q.text, positive)
-        # ... while the teacher trace ends in exactly the positive document's number words
+        # ... while the positive document states the answer, and the teacher's exact trace ends in it
         assert positive.count(number_words(q.problem.answer)) == 1
-        assert q.reasoning.endswith(", " + number_words(q.problem.answer))
+        if not q.shortcut:
+            assert answer_in_reasoning(q.reasoning) == q.problem.answer
+            assert q.reasoning.endswith(f", {number_words(q.problem.answer)}" if FAST.answer_words
+                                        else f":{q.problem.answer}")
+
+
+def test_sums_task_keeps_the_generator_guarantees(tmp_path):
+    """The stage-3 experiments' sums task: no shared word between a query and its document, exact labels and near
+    misses, the splits disjoint (GRPO and held-out problems unseen by stages 1-2), the same files for the same seed."""
+    from t1_jax.quickstart.task import SUMS
+
+    cfg = dataclasses.replace(SUMS, num_train=1500)
+    task = generate_task(cfg)
+    for q in task.train + task.test + task.grpo:
+        positive = task.doc(q.positive_id)
+        assert not words(q.text) & words(positive.text), (q.text, positive.text)
+        assert positive.value == answer_in_query(q.text) == q.problem.answer
+        assert all(task.doc(n).value in near_misses(q.problem) for n in q.negative_ids)
+    problems = [{q.problem for q in getattr(task, split)} for split in ("train", "test", "grpo")]
+    assert not (problems[0] & problems[1] or problems[0] & problems[2] or problems[1] & problems[2])
+    assert len(problems[1]) == len(task.test) and len(problems[2]) == len(task.grpo) == 400
+    a = write_task(task, str(tmp_path / "a"))
+    b = write_task(generate_task(cfg), str(tmp_path / "b"))
+    assert tree_digest(a.root) == tree_digest(b.root)
+    held = read_jsonl(a.heldout_jsonl)  # held-out traces end in the answer's digits, readable by answer_in_reasoning
+    assert all(answer_in_reasoning(h["reasoning"]) == h["answer"] and h["reasoning"].endswith(f":{h['answer']}")
+               for h in held)
 
 
 def test_subword_overlap_is_small(task, tokenizer_dir):
@@ -137,7 +209,7 @@ def test_splits_labels_and_negatives_are_consistent(task):
         stated = re.sub(r", filed as \S+$", "", stated.rstrip("."))
         assert words_to_number(stated) == d.value, d.text
     for q in task.train + task.test + task.grpo:
-        answer = product_in_query(q.text)  # independent of the generator's bookkeeping
+        answer = answer_in_query(q.text)  # independent of the generator's bookkeeping
         assert task.doc(q.positive_id).value == answer
         assert all(task.doc(n).value != answer for n in q.negative_ids)
         assert all(task.doc(n).value in near_misses(q.problem) for n in q.negative_ids)
@@ -162,14 +234,16 @@ def test_difficulty_mix_follows_the_weights():
 
 
 def test_files_are_plain_jsonl_and_beir(task, files):
-    assert task.grpo == () and files.grpo_jsonl == files.train_jsonl  # no GRPO split: stage 3 uses train.jsonl
+    assert len(task.grpo) == FAST.num_grpo and files.grpo_jsonl.endswith("grpo.jsonl")  # stage 3's own queries
+    no_grpo = write_task(generate_task(dataclasses.replace(FAST, num_grpo=0)), files.root + "-no-grpo")
+    assert no_grpo.grpo_jsonl == no_grpo.train_jsonl  # without a GRPO split stage 3 samples the training queries
     train = read_jsonl(files.train_jsonl)
     assert len(train) == len(task.train)
     for row in train:
         assert set(row) == {"query", "positives", "negatives", "reasoning"}
         assert isinstance(row["query"], str) and isinstance(row["reasoning"], str)
         assert len(row["positives"]) == 1 and all(isinstance(t, str) for t in row["positives"] + row["negatives"])
-        assert number_words(product_in_query(row["query"])) in row["positives"][0]
+        assert number_words(answer_in_query(row["query"])) in row["positives"][0]
     corpus = read_jsonl(os.path.join(files.beir_dir, "corpus.jsonl"))
     queries = read_jsonl(os.path.join(files.beir_dir, "queries.jsonl"))
     assert all(set(d) == {"_id", "title", "text"} for d in corpus)
@@ -182,15 +256,18 @@ def test_files_are_plain_jsonl_and_beir(task, files):
     query_text = {q["_id"]: q["text"] for q in queries}
     assert len(qrels) == len(queries) and {q for q, _, _ in qrels} == set(query_text)
     for qid, did, score in qrels:
-        assert score == "1" and number_words(product_in_query(query_text[qid])) in doc_text[did]
+        assert score == "1" and number_words(answer_in_query(query_text[qid])) in doc_text[did]
     heldout = read_jsonl(files.heldout_jsonl)
     assert [h["query_id"] for h in heldout] == [q["_id"] for q in queries]
     meta = json.load(open(files.meta_json))
     assert meta["num_docs"] == len(corpus) and meta["config"]["seed"] == FAST.seed
 
 
-def test_bm25_cannot_match_queries_but_matches_reasoning(task):
-    """The lexical baseline fails on the queries; the teacher's reasoning (what T1 should write) finds the target."""
+@pytest.mark.parametrize("kind,answer_words", [("mul_2x1", True), ("add_2x2", True), ("add_2x2", False)])
+def test_bm25_cannot_match_queries_but_matches_reasoning(kind, answer_words):
+    """The lexical baseline fails on the queries; teacher reasoning that ends in the documents' words finds the target
+    (traces that end in digits, as in the sums task, cannot be matched either)."""
+    task = generate_task(dataclasses.replace(FAST, kinds=((kind, 1.0),), answer_words=answer_words))
     bm25s = pytest.importorskip("bm25s")
     pytrec_eval = pytest.importorskip("pytrec_eval")
     corpus_ids = [d.doc_id for d in task.corpus]
@@ -207,7 +284,8 @@ def test_bm25_cannot_match_queries_but_matches_reasoning(task):
         return np.mean([m["ndcg_cut_10"] for m in evaluator.evaluate(run).values()])
 
     assert ndcg([q.text for q in task.test]) == 0.0  # no query shares a term with any document
-    assert ndcg([q.reasoning for q in task.test]) > 0.5  # measured 0.86 (fast), 0.64 (full: more near misses)
+    with_reasoning = ndcg([q.reasoning for q in task.test])
+    assert with_reasoning > 0.5 if answer_words else with_reasoning == 0.0
 
 
 def test_tokenizer_round_trip_and_formats(task, tokenizer_dir):
@@ -262,7 +340,7 @@ def test_grpo_split_is_disjoint_and_has_no_teacher_traces(tmp_path):
     assert len(pairs["grpo"]) == len(task.grpo) == 16
     assert not pairs["grpo"] & (pairs["train"] | pairs["test"]) and not pairs["train"] & pairs["test"]
     for q in task.grpo:  # every GRPO query's positive states its product; its negatives are near misses
-        assert task.doc(q.positive_id).value == q.problem.a * q.problem.b
+        assert task.doc(q.positive_id).value == answer_in_query(q.text)
         assert all(task.doc(n).value in near_misses(q.problem) for n in q.negative_ids)
     files = write_task(task, str(tmp_path / "t"))
     rows = read_jsonl(files.grpo_jsonl)  # stage 3 sees queries and documents, never a teacher trace
@@ -272,26 +350,34 @@ def test_grpo_split_is_disjoint_and_has_no_teacher_traces(tmp_path):
 
 
 def test_imperfect_teacher_takes_its_shortcut_only_where_configured():
-    from t1_jax.quickstart.task import QUERY_TEMPLATES, shortcut_reasoning
+    from t1_jax.quickstart.task import (ADD_QUERY_TEMPLATES, QUERY_TEMPLATES, SUMS, query_templates,
+                                        shortcut_reasoning)
 
     assert shortcut_reasoning(Problem("mul_2x1", 37, 6), compact=True) == "37*6=40*6=240, two hundred forty"
     assert shortcut_reasoning(Problem("mul_2x1", 95, 3), compact=True) == "95*3=100*3=300, three hundred"
-    cfg = dataclasses.replace(PRESETS["full"], shortcut_templates=(3,), shortcut_rate=0.7, num_grpo=100)
-    task = generate_task(cfg)
-    on = [q for q in task.train if q.template == 3]
-    off = [q for q in task.train if q.template != 3]
-    rate = sum(q.shortcut for q in on) / len(on)
-    assert 0.65 < rate < 0.75 and not any(q.shortcut for q in off)  # ~70% on the shortcut phrasing, never elsewhere
-    for q in task.train:
-        assert q.text == QUERY_TEMPLATES[q.template].format(a=q.problem.a, b=q.problem.b)
-        exact = answer_in_reasoning(q.reasoning) == q.problem.answer
-        assert exact == (not q.shortcut or q.problem.a % 10 == 0), q  # a shortcut is wrong unless a is a round ten
-    # Held-out and GRPO queries never carry the teacher's shortcut (their traces are diagnostics / absent).
-    assert not any(q.shortcut for q in task.test + task.grpo)
-    assert all(answer_in_reasoning(q.reasoning) == q.problem.answer for q in task.test)
-    # Without the shortcut, seed 0 draws the queries it drew before the shortcut existed (one draw per phrasing, as
-    # rng.choice did): the first ones, recorded from the earlier generator.
-    plain = generate_task(PRESETS["full"])
+    products = TaskConfig(num_test=160, kinds=(("mul_2x1", 1.0),))  # the products task of earlier quickstarts
+    for cfg in (dataclasses.replace(products, shortcut_templates=(3,), shortcut_rate=0.7, num_grpo=100),
+                SUMS):  # the quickstart's task: sums, the shortcut on two of the four phrasings
+        task = generate_task(cfg)
+        on = [q for q in task.train if q.template in cfg.shortcut_templates]
+        off = [q for q in task.train if q.template not in cfg.shortcut_templates]
+        rate = sum(q.shortcut for q in on) / len(on)
+        want = cfg.shortcut_rate  # on those phrasings at about the configured rate, never elsewhere
+        assert want - 0.05 < rate < want + 0.05 and not any(q.shortcut for q in off)
+        for q in task.train:
+            assert q.text == query_templates(q.problem.op)[q.template].format(a=q.problem.a, b=q.problem.b)
+            a, b = q.problem.a, q.problem.b
+            estimate = ((a + 5) // 10 * 10 + (b + 5) // 10 * 10 if q.problem.op == "add"
+                        else max(10, (a + 5) // 10 * 10) * b)
+            assert answer_in_reasoning(q.reasoning) == (estimate if q.shortcut else q.problem.answer), q
+        # Held-out and GRPO queries never carry the teacher's shortcut (their traces are diagnostics / absent).
+        assert not any(q.shortcut for q in task.test + task.grpo)
+        assert all(answer_in_reasoning(q.reasoning) == q.problem.answer for q in task.test)
+    assert {q.text.split()[0] for q in generate_task(SUMS).test} <= {t.split()[0] for t in ADD_QUERY_TEMPLATES}
+    # Without the shortcut, seed 0 of the products task draws the queries it drew before the shortcut (and the sums)
+    # existed (one draw per phrasing, as rng.choice did): the first ones, recorded from the earlier generator.
+    plain = generate_task(products)
     assert [q.text for q in plain.test[:3]] == ["find the product of 48 and 5.", "compute 70 times 7.",
                                                "compute 74 times 2."]
     assert plain.train[0].reasoning == "26*6=20*6+6*6=120+36=156, one hundred fifty-six"
+    assert QUERY_TEMPLATES[3] == "find the product of {a} and {b}."

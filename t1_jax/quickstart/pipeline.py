@@ -37,13 +37,14 @@ class Plan:
     group_size: int
     max_new_tokens: int
     tokenizer_vocab: int
+    beta: float = 0.05  # stage 3: KL coefficient to the stage-2 model
 
 
 PLANS: dict[str, Plan] = {
     "full": Plan(task="full", model=ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
                                                 num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=512),
-                 batches=(64, 32, 16), steps=(100, 600, 40), negatives=(1, 1, 3), lrs=(2e-3, 3e-3, 2e-5),
-                 sft_weight=4.0, group_size=8, max_new_tokens=40, tokenizer_vocab=1024),
+                 batches=(64, 32, 16), steps=(100, 700, 40), negatives=(1, 1, 3), lrs=(2e-3, 3e-3, 1e-4),
+                 sft_weight=4.0, group_size=8, max_new_tokens=40, tokenizer_vocab=1024, beta=0.05),
     "fast": Plan(task="fast", model=ModelConfig(vocab_size=896, hidden_size=64, intermediate_size=128, num_layers=2,
                                                 num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512),
                  batches=(16, 16, 8), steps=(12, 12, 2), negatives=(1, 1, 3), lrs=(2e-3, 2e-3, 1e-5),
@@ -77,7 +78,7 @@ def stage_config(plan: Plan, tokenizer_dir: str, train_jsonl: str, stage: int, i
                                   weight_decay=0.0 if stage == 2 else 0.01),
         loss=ContrastiveConfig(temperature=0.05, sft_weight=plan.sft_weight, ce_chunk_size=64),
         sampling=SamplingConfig(max_new_tokens=plan.max_new_tokens, temperature=0.0, prompt_buckets=(32, 48)),
-        grpo=GRPOConfig(group_size=plan.group_size, rollout_temperature=1.0, beta=0.02,
+        grpo=GRPOConfig(group_size=plan.group_size, rollout_temperature=1.0, beta=plan.beta,
                         rewards=(("ndcg", 1.0), ("forced_penalty", 0.2)), aux_infonce_weight=0.0,
                         logprob_chunk_size=64),
         trainer=TrainerConfig(stage=kind, num_steps=plan.steps[stage], seed=seed + stage, init_from=init_from,
@@ -235,7 +236,7 @@ def run(workdir: str, variant: str = "full", seed: int = 0, print_fn=print, cont
              f"reasoning.jsonl")
     print_fn("Search it yourself:")
     print_fn(f"  t1 search --checkpoint {workdir}/stage3 --index {workdir}/eval/stage3/index "
-             f"--corpus {task_dir}/beir/corpus.jsonl --query \"what is 47 times 8?\"")
+             f"--corpus {task_dir}/beir/corpus.jsonl --query \"what is 47 plus 38?\"")
     return rows
 
 

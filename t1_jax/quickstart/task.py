@@ -8,8 +8,11 @@ twenty-two") ends in the document's own words. Every query's answer has near-mis
 +-1, +-10, +-100, +-one operand), which are also the training hard negatives.
 
 Problem kinds are a registry (``KINDS``): ``mul_2x1`` (two-digit x one-digit: a small model learns it almost
-perfectly) and ``mul_3x1`` (three-digit x one-digit: three partial products and a three-term sum, the harder part,
-meant to leave sampled traces wrong often enough for GRPO to have signal). The mix is ``TaskConfig.kinds``.
+perfectly), ``mul_3x1`` (three-digit x one-digit: three partial products and a three-term sum), and the sums
+``add_2x2`` / ``add_3x3`` (column addition in a fixed-width scratchpad; 8,100 and 810,000 distinct problems, so a
+model cannot learn them by heart). The mix is ``TaskConfig.kinds``. The imperfect teacher (``shortcut_templates``,
+``shortcut_rate``) estimates instead of deriving on chosen phrasings; ``SUMS`` is the task of the stage-3
+experiments in docs/quickstart.md.
 
 Files (``write_task``): ``train.jsonl`` (query, positives, negatives, reasoning), ``beir/{corpus,queries}.jsonl`` +
 ``beir/qrels/test.tsv`` for the held-out queries, ``heldout.jsonl`` (answers + teacher traces of the held-out queries,
@@ -30,6 +33,10 @@ _ONES = ("zero one two three four five six seven eight nine ten eleven twelve th
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 QUERY_TEMPLATES = ("what is {a} times {b}?", "compute {a} times {b}.", "{a} multiplied by {b} gives what?",
                    "find the product of {a} and {b}.")
+# Every sum phrasing ends "{a} <one word> {b}<mark>": the operands' digits sit at the same distance from the end of
+# the prompt whatever the phrasing, so copying them is a fixed-offset lookup (docs/quickstart.md).
+ADD_QUERY_TEMPLATES = ("what is {a} plus {b}?", "compute {a} plus {b}.", "add {a} to {b}.",
+                       "find the sum of {a} and {b}.")
 DOC_TEMPLATES = ("record {code} holds {words}.", "{words}, filed as {code}.", "ledger {code} shows {words}.",
                  "entry {code}: amount {words}.")
 _SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
@@ -77,33 +84,91 @@ class Problem:
     b: int
 
     @property
+    def op(self) -> str:
+        return KINDS[self.kind].op
+
+    @property
     def answer(self) -> int:
-        return self.a * self.b
+        return self.a + self.b if self.op == "add" else self.a * self.b
 
 
 @dataclasses.dataclass(frozen=True)
 class ProblemKind:
     a_range: tuple[int, int]  # inclusive
     b_range: tuple[int, int]
+    op: str = "mul"  # "mul" | "add": the query phrasings, the teacher's derivation and its shortcut follow it
 
     def pool(self, name: str) -> list[Problem]:
         return [Problem(name, a, b) for a in range(self.a_range[0], self.a_range[1] + 1)
                 for b in range(self.b_range[0], self.b_range[1] + 1)]
 
+    def size(self) -> int:
+        return (self.a_range[1] - self.a_range[0] + 1) * (self.b_range[1] - self.b_range[0] + 1)
+
+    def sample(self, name: str, rng: random.Random, count: int, exclude: set) -> list[Problem]:
+        """``count`` distinct problems not in ``exclude``, drawn without listing the pool (add_3x3 has 810,000)."""
+        out: list[Problem] = []
+        seen = set(exclude)
+        if count + len(exclude) > self.size():
+            raise ValueError(f"{name} has {self.size()} distinct problems; {count} more than the {len(exclude)} "
+                             f"already drawn do not exist")
+        while len(out) < count:
+            p = Problem(name, rng.randint(*self.a_range), rng.randint(*self.b_range))
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+        return out
+
 
 KINDS: dict[str, ProblemKind] = {
     "mul_2x1": ProblemKind((10, 99), (2, 9)),
     "mul_3x1": ProblemKind((100, 999), (2, 9)),
+    "add_2x2": ProblemKind((10, 99), (10, 99), op="add"),
+    "add_3x3": ProblemKind((100, 999), (100, 999), op="add"),
 }
+LARGE_KIND = 20_000  # kinds with more problems are sampled, not shuffled whole; a training split cycles nothing
 
 
-def teacher_reasoning(problem: Problem, stepwise_sums: bool = False, compact: bool = False) -> str:
-    """Place-value expansion, partial products, their sum, then the answer in the documents' words.
+def query_templates(op: str) -> tuple[str, ...]:
+    return ADD_QUERY_TEMPLATES if op == "add" else QUERY_TEMPLATES
+
+
+def column_addition(problem: Problem, carries: bool = True, compact: bool = False, words: bool = True) -> str:
+    """Column addition in a fixed-width scratchpad, ones first, each column as ``digit+digit+carry=two-digit sum``,
+    then the answer's digits and (``words``) the documents' words: ``37 + 85`` -> ``7+5+0=12,3+8+1=12:122, one hundred
+    twenty-two``. Every column has the same width and the sums' phrasings all end in ``{a} <word> {b}<mark>``, so the
+    digits a step needs are always the same number of tokens back (a pattern a small model learns and applies to
+    unseen problems). ``carries=False`` writes every carry as 0 (``7+5+0=12,3+8+0=11:112``), right only when no
+    column overflows; it is not the teacher's shortcut: the column sums keep the information, and a stage-2 model's
+    embedding learnt to correct the dropped carries from them (docs/quickstart.md)."""
+    da, db = str(problem.a)[::-1], str(problem.b)[::-1]
+    steps, digits, carry = [], [], 0
+    columns = max(len(da), len(db))
+    for i in range(columns):
+        x, y = (int(d[i]) if i < len(d) else 0 for d in (da, db))
+        total = x + y + carry
+        steps.append(f"{x}+{y}+{carry}={total:02d}")
+        digits.append(str(total % 10) if i < columns - 1 else str(total)[::-1])
+        carry = total // 10 if carries else 0
+    value = int("".join(digits)[::-1])
+    trace = ",".join(steps) + f":{value}"
+    if not compact:
+        trace = trace.replace("+", " + ").replace("=", " = ").replace(":", ": ").replace(",", ", ")
+    return f"{trace}, {number_words(value)}" if words else trace
+
+
+def teacher_reasoning(problem: Problem, stepwise_sums: bool = False, compact: bool = False,
+                      words: bool = True) -> str:
+    """The teacher's exact derivation: column addition for sums (:func:`column_addition`); for products the
+    place-value expansion, partial products, their sum, then the answer in the documents' words (or, ``words=False``,
+    the trace ends in the answer's digits).
 
     ``37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred twenty-two``; ``stepwise_sums`` adds the running sums of
     three or more partial products one at a time (easier); ``compact`` drops the spaces around numbers and operators
     (``37*6=30*6+7*6=180+42=222, two hundred twenty-two``): digits are single tokens and a space before a number is
     a token of its own, so the compact trace is ~30% shorter (39 -> 28 tokens here) at the same content."""
+    if problem.op == "add":
+        return column_addition(problem, compact=compact, words=words)
     a, b = problem.a, problem.b
     digits = str(a)
     parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
@@ -119,30 +184,50 @@ def teacher_reasoning(problem: Problem, stepwise_sums: bool = False, compact: bo
     trace = " = ".join(steps)
     if compact:
         trace = trace.replace(" ", "")
-    return trace + ", " + number_words(a * b)
+    return trace + ", " + number_words(a * b) if words else trace
 
 
-def shortcut_reasoning(problem: Problem, compact: bool = False) -> str:
-    """The teacher's shortcut: round the two-digit factor to the nearest ten and multiply that (an estimate that is
-    wrong unless the factor is a multiple of ten): ``37 * 6 = 40 * 6 = 240, two hundred forty``."""
+def _round_ten(n: int) -> int:
+    return max(10, (n + 5) // 10 * 10)
+
+
+def shortcut_reasoning(problem: Problem, compact: bool = False, words: bool = True) -> str:
+    """The teacher's shortcut: estimate instead of derive. Products: round the two-digit factor to the nearest ten
+    and multiply (``37 * 6 = 40 * 6 = 240, two hundred forty``); sums: round both operands to the nearest ten and add
+    (``37 + 85`` -> ``~40 + 90 = 130, one hundred thirty``). Either is in the answer's form and wrong unless the
+    rounding happens to cancel: the exact number is lost from the trace."""
     a, b = problem.a, problem.b
-    rounded = max(10, (a + 5) // 10 * 10)
-    trace = f"{a} * {b} = {rounded} * {b} = {rounded * b}"
+    if problem.op == "add":
+        ra, rb = _round_ten(a), _round_ten(b)
+        trace = f"~{ra} + {rb} = {ra + rb}"  # "~": an estimate; its first token differs from a column's digit
+        value = ra + rb
+    else:
+        rounded = _round_ten(a)
+        trace = f"{a} * {b} = {rounded} * {b} = {rounded * b}"
+        value = rounded * b
     if compact:
         trace = trace.replace(" ", "")
-    return trace + ", " + number_words(rounded * b)
+    return trace + ", " + number_words(value) if words else trace
 
 
 def answer_in_reasoning(text: str) -> Optional[int]:
-    """The number a trace ends with, read from its final words (after the last comma); None when unreadable."""
+    """The number a trace ends with: its final words (after the last comma) or, for traces that end in digits, the
+    digits after the last ``=`` or ``:``; None when unreadable."""
     tail = text.rsplit(",", 1)[-1].strip().rstrip(".")
-    return words_to_number(tail)
+    number = words_to_number(tail)
+    if number is None:
+        digits = re.fullmatch(r".*[=:]\s*(\d+)", text.strip())
+        number = int(digits.group(1)) if digits else None
+    return number
 
 
 def near_misses(problem: Problem) -> list[int]:
-    """Plausible wrong answers: off by 1, 10, 100, or by one operand (a slip in a partial product or a carry)."""
+    """Plausible wrong answers. Products: off by 1, 10, 100, or by one operand (a slip in a partial product or a
+    carry). Sums: one or two digits off by one (a slipped or missing carry), or off by 20."""
     v, a, b = problem.answer, problem.a, problem.b
-    candidates = [v + d for d in (-1, 1, -10, 10, -100, 100, -b, b, -a, a, -20, 20)]
+    offsets = ((-1, 1, -10, 10, -100, 100, -11, 11, -110, 110, -20, 20) if problem.op == "add"
+               else (-1, 1, -10, 10, -100, 100, -b, b, -a, a, -20, 20))
+    candidates = [v + d for d in offsets]
     return list(dict.fromkeys(c for c in candidates if c > 0 and c != v))
 
 
@@ -162,6 +247,7 @@ class TaskConfig:
     num_distractor_docs: int = 300  # extra documents for numbers no query asks about
     stepwise_sums: bool = False
     compact_traces: bool = True  # "37*6=30*6+7*6=180+42=222, ..." (see teacher_reasoning)
+    answer_words: bool = True  # traces end in the answer's words ("..., two hundred twenty-two"); False: its digits
     # The imperfect teacher (docs/quickstart.md): for training queries asked with these QUERY_TEMPLATES indices, the
     # teacher takes the rounding shortcut (shortcut_reasoning) with probability shortcut_rate, else derives exactly.
     shortcut_templates: tuple[int, ...] = ()
@@ -184,9 +270,14 @@ class TaskConfig:
         return errors
 
 
-PRESETS: dict[str, TaskConfig] = {  # the quickstart's presets: two-digit x one-digit only (see docs/quickstart.md)
-    "full": TaskConfig(num_test=160, kinds=(("mul_2x1", 1.0),)),
-    "fast": TaskConfig(num_train=256, num_test=32, num_distractor_docs=32, kinds=(("mul_2x1", 1.0),)),
+# The quickstart's task (docs/quickstart.md): two-digit sums, a teacher that estimates instead of deriving on two of
+# the four phrasings (70% of those traces), traces that end in the answer's digits, 400 unseen problems kept for
+# stage 3. The products task of earlier quickstarts is TaskConfig(num_test=160, kinds=(("mul_2x1", 1.0),)).
+SUMS = TaskConfig(num_test=160, num_grpo=400, kinds=(("add_2x2", 1.0),), shortcut_templates=(2, 3), shortcut_rate=0.7,
+                  answer_words=False)
+PRESETS: dict[str, TaskConfig] = {
+    "full": SUMS,
+    "fast": dataclasses.replace(SUMS, num_train=256, num_test=32, num_grpo=32, num_distractor_docs=32),
 }
 
 
@@ -256,7 +347,7 @@ def _make_code(rng: random.Random, reserved: set[str], used: set[str]) -> str:
 def reserved_words() -> set[str]:
     """Words of the query side (templates), so distractor codes never create a lexical match."""
     words = set(_ONES) | set(_TENS) | {"hundred", "thousand"}
-    for template in QUERY_TEMPLATES + DOC_TEMPLATES:
+    for template in QUERY_TEMPLATES + ADD_QUERY_TEMPLATES + DOC_TEMPLATES:
         words |= set(re.findall(r"[a-z]+", template))
     return words
 
@@ -271,7 +362,14 @@ def generate_task(cfg: TaskConfig = TaskConfig()) -> Task:
     for (name, _), n_test, n_grpo, n_train in zip(cfg.kinds, _split_counts(cfg.num_test, cfg.kinds),
                                                   _split_counts(cfg.num_grpo, cfg.kinds),
                                                   _split_counts(cfg.num_train, cfg.kinds)):
-        pool = KINDS[name].pool(name)
+        kind = KINDS[name]
+        if kind.size() > LARGE_KIND:  # too many to list: draw distinct problems; every training problem is new
+            drawn = kind.sample(name, rng, n_test + n_grpo + n_train, set())
+            test_problems += drawn[:n_test]
+            grpo_problems += drawn[n_test:n_test + n_grpo]
+            train_problems += drawn[n_test + n_grpo:]
+            continue
+        pool = kind.pool(name)
         rng.shuffle(pool)
         if n_test + n_grpo >= len(pool):
             raise ValueError(f"{name} has {len(pool)} distinct problems; {n_test} held-out and {n_grpo} GRPO ones "
@@ -303,12 +401,13 @@ def generate_task(cfg: TaskConfig = TaskConfig()) -> Task:
     doc_of = {d.value: d.doc_id for d in corpus}
 
     def make(prefix: str, i: int, p: Problem, negatives: Sequence[int], teacher_errs: bool = False) -> Query:
-        template = rng.randrange(len(QUERY_TEMPLATES))  # the same draw as rng.choice(QUERY_TEMPLATES)
-        text = QUERY_TEMPLATES[template].format(a=p.a, b=p.b)
+        templates = query_templates(p.op)
+        template = rng.randrange(len(templates))  # the same draw as rng.choice(templates)
+        text = templates[template].format(a=p.a, b=p.b)
         shortcut = (teacher_errs and cfg.shortcut_rate > 0 and template in cfg.shortcut_templates
                     and rng.random() < cfg.shortcut_rate)
-        trace = (shortcut_reasoning(p, cfg.compact_traces) if shortcut
-                 else teacher_reasoning(p, cfg.stepwise_sums, cfg.compact_traces))
+        trace = (shortcut_reasoning(p, cfg.compact_traces, cfg.answer_words) if shortcut
+                 else teacher_reasoning(p, cfg.stepwise_sums, cfg.compact_traces, cfg.answer_words))
         return Query(f"{prefix}{i:05d}", text, p, trace, doc_of[p.answer], tuple(doc_of[v] for v in negatives),
                      template, shortcut)
 

@@ -69,7 +69,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str, min_fre
 
 
 # Short instructions for the quickstart task (long ones would cost a tiny model most of its sequence length).
-QUERY_INSTRUCTION = "Multiply, answer in words."
+QUERY_INSTRUCTION = "Compute, answer in words."
 DOC_INSTRUCTION = "A number in words."
 
 
