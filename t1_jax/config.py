@@ -8,10 +8,13 @@ documented in ``docs/design-choices.md``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
 import json
+import os
+import traceback
 import types
 import typing
 from typing import Any, Optional
@@ -244,20 +247,43 @@ def load_config(path: str, overrides: Optional[list[str]] = None) -> ExperimentC
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a resolved config is a JSON object of sections, got a {type(data).__name__}")
         cfg = from_dict(data)
     elif path.endswith(".py"):
         with fs.local_copy(path) as local_path:
             spec = importlib.util.spec_from_file_location(f"t1_experiment_{abs(hash(path))}", local_path)
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ConfigError(f"{path} does not define get_config()")
-        cfg = module.get_config()
+            with _config_code_errors(path, local_path):
+                spec.loader.exec_module(module)
+                if not hasattr(module, "get_config"):
+                    raise ConfigError(f"{path} does not define get_config()")
+                cfg = module.get_config()
         if not isinstance(cfg, ExperimentConfig):
             raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, expected ExperimentConfig")
+        try:  # the dataclasses do not check types: a wrong-typed field would fail deep inside training
+            cfg = from_dict(to_dict(cfg))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        except TypeError as e:  # a value JSON cannot hold (an object where a number or string belongs)
+            raise ConfigError(f"{path}: get_config() holds a value that is not a number, string or list: {e}") from None
     else:
         raise ConfigError(f"config file {path} must be an experiment .py or a resolved config .json")
     return apply_overrides(cfg, list(overrides or []))
+
+
+@contextlib.contextmanager
+def _config_code_errors(path: str, local_path: str):
+    """An exception raised by an experiment file's own code becomes one line naming the file and line."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any error in user code
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) ==
+                  os.path.abspath(local_path)]
+        where = f"{path}:{frames[-1].lineno}" if frames else path
+        raise ConfigError(f"{where}: the experiment file raised {type(e).__name__}: {e}") from None
 
 
 def dtype(name: str):

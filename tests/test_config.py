@@ -1,6 +1,7 @@
 """Config loading, dotted overrides (types, unknown keys, bad values), validation, and the JSON round trip."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -96,6 +97,37 @@ def test_json_with_unknown_key_is_refused(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="unknown config key 'optimizer.learning_rate'"):
         cfg_lib.load_config(str(path))
+
+
+def test_every_experiment_file_survives_the_type_check():
+    for path in sorted(os.listdir(os.path.join(REPO, "experiments"))):
+        if path.endswith(".py") and not path.startswith("_"):
+            cfg = cfg_lib.load_config(os.path.join(REPO, "experiments", path))
+            assert cfg_lib.from_dict(cfg_lib.to_dict(cfg)) == cfg  # typed, and unchanged by the check
+
+
+@pytest.mark.parametrize("body,message", [
+    ("raise RuntimeError('boom')\n", r"bad\.py:1: the experiment file raised RuntimeError: boom"),
+    ("import t1_jax.config as c\n\ndef get_config():\n    return c.ExperimentConfig(\n"
+     "        optimizer=c.OptimizerConfig(lr=1 / 0))\n", r"bad\.py:5: the experiment file raised ZeroDivisionError"),
+    ("import t1_jax.config as c\n\ndef get_config():\n    return c.ExperimentConfig(optimizer=c.OptimizerConfig("
+     "lr='abc'))\n", r"bad\.py: optimizer\.lr: expected a number, got 'abc'"),
+    ("def get_config():\n    return 3\n", r"get_config\(\) returned int, expected ExperimentConfig"),
+])
+def test_a_config_file_that_fails_is_one_line_naming_it(tmp_path, body, message):
+    path = tmp_path / "bad.py"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        cfg_lib.load_config(str(path))
+
+
+def test_a_json_config_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match="a resolved config is a JSON object of sections, got a list"):
+        cfg_lib.load_config(str(path))
+    result = _t1("config", "--config", str(path))
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "got a list" in result.stderr
 
 
 def _t1(*args, env=None):

@@ -110,6 +110,15 @@ def test_bad_inputs_fail_clearly(tmp_path, beir_dir, capsys):
     assert main(["search", "--index", str(tmp_path / "idx"), "--query-embeddings", str(tmp_path / "q.npy"),
                  "--query-ids", str(tmp_path / "q_ids.txt"), "--k", "0", "--out", str(tmp_path / "k0.trec")]) == 1
     assert "--k must be positive, got 0" in capsys.readouterr().err
+    # --k 1000 on 60 documents used to announce top-1000: it says what it returns, and the run holds all 60.
+    for searcher in (["--index", str(tmp_path / "idx")], ["--exact", str(tmp_path / "docs.npy"), "--doc-ids",
+                                                           str(tmp_path / "doc_ids.txt")]):
+        assert main(["search", *searcher, "--query-embeddings", str(tmp_path / "q.npy"), "--query-ids",
+                     str(tmp_path / "q_ids.txt"), "--k", "1000", "--out", str(tmp_path / "k1000.trec")]) == 0
+        captured = capsys.readouterr()
+        assert "--k 1000 is more than the 60 documents searched: returning all 60 per query" in captured.err
+        assert "top-60" in captured.out
+        assert all(len(v) == 60 for v in trec.read_run(str(tmp_path / "k1000.trec")).values())
 
 
 def test_bright_layout(tmp_path, capsys):

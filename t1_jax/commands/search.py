@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import posixpath
+import sys
 from typing import Callable
 
 NAME = "search"
@@ -166,6 +167,11 @@ def run(args: argparse.Namespace) -> int:
     source = args.queries_from or ("model" if args.checkpoint else "embeddings")
     batch = QUERY_SOURCES[source](args)
     searcher = _searcher(args, int(batch.embeddings.shape[1]))
+    num_docs = len(searcher.ids) if searcher.ids is not None else k
+    if k > num_docs:  # a run cannot hold more documents than the corpus has: say so instead of announcing top-k
+        print(f"--k {k} is more than the {num_docs} documents searched: returning all {num_docs} per query",
+              file=sys.stderr)
+        k = num_docs
     run_ = search_to_run(searcher, batch.embeddings, batch.ids, k)
     if not args.out:
         print_results(run_, batch.ids, args.show, _corpus_texts(args.corpus))
