@@ -1,5 +1,6 @@
 """Run `t1 quickstart` (full plan) with the task preset and the stage plan changed: the stage-3 experiments of
-docs/quickstart.md ("Stage 3 with an imperfect teacher") were run with this script.
+docs/quickstart.md ("Why stage 3 has something to learn here", "Stage 3 on the products task") were run with this
+script.
 
     python benchmarks/quickstart_variant.py --workdir /tmp/e2 --task products --shortcut-templates 3 \
         --shortcut-rate 0.7 --num-grpo 0 --lrs 2e-3,3e-3,2e-4 --steps 100,600,60 --beta 0.02

@@ -248,7 +248,7 @@ class TaskConfig:
     stepwise_sums: bool = False
     compact_traces: bool = True  # "37*6=30*6+7*6=180+42=222, ..." (see teacher_reasoning)
     answer_words: bool = True  # traces end in the answer's words ("..., two hundred twenty-two"); False: its digits
-    # The imperfect teacher (docs/quickstart.md): for training queries asked with these QUERY_TEMPLATES indices, the
+    # The imperfect teacher (docs/quickstart.md): for training queries asked with these phrasing indices, the
     # teacher takes the rounding shortcut (shortcut_reasoning) with probability shortcut_rate, else derives exactly.
     shortcut_templates: tuple[int, ...] = ()
     shortcut_rate: float = 0.0
