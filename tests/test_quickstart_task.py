@@ -133,7 +133,7 @@ def test_large_kinds_are_sampled_without_repeats():
     assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])  # ... and across them
     assert [q.text for q in generate_task(cfg).test] == [q.text for q in task.test]
     with pytest.raises(ValueError, match="do not exist"):
-        KINDS["add_2x2"].sample("add_2x2", __import__("random").Random(0), 9000, set())
+        KINDS["add_2x2"].sample("add_2x2", __import__("random").Random(0), 9000)
 
 
 def test_same_seed_same_task_different_seed_different(task, files, tmp_path):

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     source = args.queries_from or ("model" if args.checkpoint else "embeddings")
     batch = QUERY_SOURCES[source](args)
     searcher = _searcher(args, int(batch.embeddings.shape[1]))
-    num_docs = len(searcher.ids) if searcher.ids is not None else k
+    num_docs = len(searcher.ids)
     if k > num_docs:  # a run cannot hold more documents than the corpus has: say so instead of announcing top-k
         print(f"--k {k} is more than the {num_docs} documents searched: returning all {num_docs} per query",
               file=sys.stderr)

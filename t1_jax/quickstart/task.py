@@ -1,11 +1,11 @@
 """A seeded synthetic retrieval task where finding the relevant document needs a short derivation.
 
-Queries ask for a product in digits ("what is 37 times 6?"); each document states one number in words plus an
-invented distractor code ("ledger kavo-rimu shows two hundred twenty-two."). Query and relevant document share no
-word, so lexical matching (BM25) fails; the answer is a non-smooth function of the query, so a static embedding of the
-query is only approximately right; a correct reasoning trace ("37 * 6 = 30 * 6 + 7 * 6 = 180 + 42 = 222, two hundred
-twenty-two") ends in the document's own words. Every query's answer has near-miss neighbours in the corpus (answer
-+-1, +-10, +-100, +-one operand), which are also the training hard negatives.
+Queries ask for a sum (the quickstart: "what is 37 plus 85?") or a product in digits; each document states one
+number in words plus an invented distractor code ("ledger kavo-rimu shows one hundred twenty-two."). Query and
+relevant document share no word, so lexical matching (BM25) fails; the answer is a non-smooth function of the query,
+so a static embedding of the query is only approximately right; a correct reasoning trace ("7+5+0=12,3+8+1=12:122")
+ends in the answer. Every query's answer has near-miss neighbours in the corpus (one or two digits off), which are
+also the training hard negatives.
 
 Problem kinds are a registry (``KINDS``): ``mul_2x1`` (two-digit x one-digit: a small model learns it almost
 perfectly), ``mul_3x1`` (three-digit x one-digit: three partial products and a three-term sum), and the sums
@@ -105,19 +105,14 @@ class ProblemKind:
     def size(self) -> int:
         return (self.a_range[1] - self.a_range[0] + 1) * (self.b_range[1] - self.b_range[0] + 1)
 
-    def sample(self, name: str, rng: random.Random, count: int, exclude: set) -> list[Problem]:
-        """``count`` distinct problems not in ``exclude``, drawn without listing the pool (add_3x3 has 810,000)."""
-        out: list[Problem] = []
-        seen = set(exclude)
-        if count + len(exclude) > self.size():
-            raise ValueError(f"{name} has {self.size()} distinct problems; {count} more than the {len(exclude)} "
-                             f"already drawn do not exist")
+    def sample(self, name: str, rng: random.Random, count: int) -> list[Problem]:
+        """``count`` distinct problems, drawn without listing the pool (add_3x3 has 810,000)."""
+        if count > self.size():
+            raise ValueError(f"{name} has {self.size()} distinct problems; {count} do not exist")
+        out: dict[Problem, None] = {}  # insertion-ordered set
         while len(out) < count:
-            p = Problem(name, rng.randint(*self.a_range), rng.randint(*self.b_range))
-            if p not in seen:
-                seen.add(p)
-                out.append(p)
-        return out
+            out.setdefault(Problem(name, rng.randint(*self.a_range), rng.randint(*self.b_range)))
+        return list(out)
 
 
 KINDS: dict[str, ProblemKind] = {
@@ -364,7 +359,7 @@ def generate_task(cfg: TaskConfig = TaskConfig()) -> Task:
                                                   _split_counts(cfg.num_train, cfg.kinds)):
         kind = KINDS[name]
         if kind.size() > LARGE_KIND:  # too many to list: draw distinct problems; every training problem is new
-            drawn = kind.sample(name, rng, n_test + n_grpo + n_train, set())
+            drawn = kind.sample(name, rng, n_test + n_grpo + n_train)
             test_problems += drawn[:n_test]
             grpo_problems += drawn[n_test:n_test + n_grpo]
             train_problems += drawn[n_test + n_grpo:]
