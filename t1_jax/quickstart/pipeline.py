@@ -42,11 +42,13 @@ class Plan:
 
 PLANS: dict[str, Plan] = {
     "full": Plan(task="full", model=ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
-                                                num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=512),
+                                                num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=512,
+                                                scan_layers=False),
                  batches=(64, 32, 16), steps=(100, 700, 40), negatives=(1, 1, 3), lrs=(2e-3, 3e-3, 1e-4),
-                 sft_weight=4.0, group_size=8, max_new_tokens=40, tokenizer_vocab=1024, beta=0.05),
+                 sft_weight=4.0, group_size=8, max_new_tokens=32, tokenizer_vocab=1024, beta=0.05),
     "fast": Plan(task="fast", model=ModelConfig(vocab_size=896, hidden_size=64, intermediate_size=128, num_layers=2,
-                                                num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512),
+                                                num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512,
+                                                scan_layers=False),
                  batches=(16, 16, 8), steps=(12, 12, 2), negatives=(1, 1, 3), lrs=(2e-3, 2e-3, 1e-5),
                  sft_weight=4.0, group_size=4, max_new_tokens=40, tokenizer_vocab=1024),
 }
@@ -73,7 +75,7 @@ def stage_config(plan: Plan, tokenizer_dir: str, train_jsonl: str, stage: int, i
         text=text_config(tokenizer_dir),
         data=DataConfig(train_path=train_jsonl, global_batch_size=plan.batches[stage],
                         num_hard_negatives=plan.negatives[stage], seed=seed + stage,
-                        length_buckets=(24, 32, 48, 64, 96)),  # the task's texts are short: pad little
+                        length_buckets=(24, 32, 48, 56, 64, 96)),  # short texts: pad little (queries + traces: 38-52)
         optimizer=OptimizerConfig(lr=plan.lrs[stage], warmup_steps=min(50, plan.steps[stage] // 10),
                                   weight_decay=0.0 if stage == 2 else 0.01),
         loss=ContrastiveConfig(temperature=0.05, sft_weight=plan.sft_weight, ce_chunk_size=64),
