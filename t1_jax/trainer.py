@@ -219,12 +219,13 @@ class Trainer:
         with mesh_lib.use_mesh(self.mesh):
             init = jax.jit(self._init_state_fn(stage))
             rng0 = jax.random.PRNGKey(tcfg.seed)
-            state_shardings = init.lower(rng0).compile().output_shardings
+            from_params = jax.jit(lambda p, rng: self._new_state(stage, p, jax.random.split(rng)[1]))
+            state_shardings = self._state_shardings(stage, init, from_params, rng0)
             step_fn = jit_train_step(stage, self.cfg.optimizer.grad_accum_steps, self.tx, self.schedule,
                                      state_shardings)
 
             manager = self._checkpoint_manager()
-            state, start = self._restore_or_init(manager, init, rng0, state_shardings, stage)
+            state, start = self._restore_or_init(manager, init, from_params, rng0, state_shardings, stage)
             frozen = stage.frozen() if stage.frozen is not None else None
             writer = MetricWriter(fs.join(self.workdir, "tensorboard"), jsonl=fs.join(self.workdir, "metrics.jsonl"),
                                   resume_step=start)
@@ -321,16 +322,27 @@ class Trainer:
         manager.save(step, args=ocp.args.Composite(**items), force=True)
         log.debug("checkpoint %d queued (forced=%s)", step, force)
 
-    def _restore_or_init(self, manager, init, rng0, state_shardings, stage) -> tuple[TrainState, int]:
+    def _state_shardings(self, stage, init, from_params, rng0):
+        """Where each part of the train state lives, as XLA propagates it. A stage that starts from pretrained
+        parameters takes them from lowering ``from_params`` on abstract parameters placed on the stage's shardings
+        (a fraction of a second), not from compiling the random initialiser it never runs (seconds on CPU: the
+        initialiser's RNG is most of that compile)."""
+        if stage.pretrained is None or stage.param_shardings is None:
+            return init.lower(rng0).compile().output_shardings
+        params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              jax.eval_shape(stage.init_params, rng0), stage.param_shardings)
+        return from_params.lower(params, rng0).compile().output_shardings
+
+    def _restore_or_init(self, manager, init, from_params, rng0, state_shardings, stage) -> tuple[TrainState, int]:
         import grain
 
         latest = distributed.agreed_latest_step(manager.latest_step())
         if latest is None and stage.pretrained is not None:
             log.info("%s: no checkpoint in %s; starting from pretrained parameters", stage.name, self.workdir)
             params = stage.pretrained()
-            from_params = jax.jit(lambda p, rng: self._new_state(stage, p, jax.random.split(rng)[1]),
-                                  out_shardings=state_shardings)
-            return from_params(params, rng0), 0
+            if stage.param_shardings is not None:  # where _state_shardings lowered from_params: no recompile
+                params = jax.device_put(params, stage.param_shardings)
+            return jax.device_put(from_params(params, rng0), state_shardings), 0
         if latest is None:
             log.info("%s: no checkpoint in %s; initialising", stage.name, self.workdir)
             return init(rng0), 0

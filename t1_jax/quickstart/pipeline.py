@@ -44,7 +44,7 @@ PLANS: dict[str, Plan] = {
     "full": Plan(task="full", model=ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
                                                 num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=512,
                                                 scan_layers=False),
-                 batches=(64, 32, 16), steps=(100, 700, 40), negatives=(1, 1, 3), lrs=(2e-3, 3e-3, 1e-4),
+                 batches=(64, 32, 16), steps=(50, 700, 40), negatives=(1, 1, 3), lrs=(2e-3, 3e-3, 1e-4),
                  sft_weight=4.0, group_size=8, max_new_tokens=32, tokenizer_vocab=1024, beta=0.05),
     "fast": Plan(task="fast", model=ModelConfig(vocab_size=896, hidden_size=64, intermediate_size=128, num_layers=2,
                                                 num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512,
