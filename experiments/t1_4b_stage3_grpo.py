@@ -43,7 +43,8 @@ def base_config() -> ExperimentConfig:
         data=DataConfig(train_path="data/t1_stage3_queries.jsonl", global_batch_size=32, num_hard_negatives=7,
                         length_buckets=(256, 512)),
         optimizer=OptimizerConfig(lr=1e-6, warmup_steps=20, weight_decay=0.0, clip_norm=1.0),
-        sampling=SamplingConfig(max_new_tokens=512, temperature=1.0, top_k=0, top_p=1.0, prompt_buckets=(128, 256)),
+        # Rollouts sample at grpo.rollout_temperature with this budget; temperature here is inference's (greedy).
+        sampling=SamplingConfig(max_new_tokens=512, temperature=0.0, top_k=0, top_p=1.0, prompt_buckets=(128, 256)),
         grpo=GRPOConfig(group_size=8, rollout_temperature=1.0, rewards=(("ndcg", 1.0), ("forced_penalty", 0.1)),
                         reward_k=10, epsilon_low=0.2, epsilon_high=0.28, inner_steps=1, beta=0.01,
                         loss_aggregation="token_mean", pool_refresh_every=0, logprob_chunk_size=128),

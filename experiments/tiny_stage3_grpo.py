@@ -14,7 +14,7 @@ def get_config() -> ExperimentConfig:
         text=TextConfig(max_query_tokens=64, max_doc_tokens=64, max_reasoning_tokens=16),
         data=DataConfig(global_batch_size=4, num_hard_negatives=3),
         optimizer=OptimizerConfig(lr=1e-4, warmup_steps=2),
-        sampling=SamplingConfig(max_new_tokens=16, temperature=1.0, prompt_buckets=(64,)),
+        sampling=SamplingConfig(max_new_tokens=16, temperature=0.0, prompt_buckets=(64,)),
         grpo=GRPOConfig(group_size=4, logprob_chunk_size=16),
         trainer=dataclasses.replace(TrainerConfig(), stage="grpo", num_steps=10, checkpoint_every=5),
     )

@@ -112,22 +112,23 @@ class Encoder:
     @classmethod
     def from_checkpoint(cls, directory: str, mesh: Optional[Mesh] = None, *, tokenizer: Optional[str] = None,
                         config: Optional[ExperimentConfig] = None, cfg_overrides: Optional[dict] = None,
-                        **kwargs) -> "Encoder":
+                        config_source: str = "the given config", **kwargs) -> "Encoder":
         """Load ``directory`` (a saved model, or a ``t1 train`` workdir holding ``model/``).
 
         ``config``: the experiment whose text/sampling/retrieval sections apply (default: the run's ``config.json``
-        beside the model when present, else defaults). ``tokenizer``: a tokenizer folder (default:
+        beside the model when present, else defaults, with the inference decoding of ``model/inference.json``
+        instead of the run's training ``sampling``: see :mod:`t1_jax.inference_defaults`). ``tokenizer``: a tokenizer folder (default:
         ``<model>/tokenizer``, else ``config.text.tokenizer``). ``cfg_overrides``: ModelConfig fields such as
         ``compute_dtype``. Other keyword arguments go to :class:`Encoder` (batch_size, sampling, normalize, ...).
         """
-        from t1_jax import config as config_lib
+        from t1_jax import inference_defaults
         from t1_jax.model.params_io import load_model
         from t1_jax.stages.build import model_dir
 
         model_path = model_dir(directory)
+        source = config_source  # where the decoding settings come from, for the log line
         if config is None:
-            run_cfg = fs.join(fs.dirname(model_path), "config.json")
-            config = config_lib.load_config(run_cfg) if fs.isfile(run_cfg) else ExperimentConfig()
+            config, source = inference_defaults.run_config(model_path)
         tok_path = tokenizer or (fs.join(model_path, "tokenizer")
                                  if fs.isdir(fs.join(model_path, "tokenizer")) else config.text.tokenizer)
         text_cfg: TextConfig = dataclasses.replace(config.text, tokenizer=tok_path)
@@ -140,6 +141,8 @@ class Encoder:
         overrides.setdefault("param_dtype", overrides.get("compute_dtype", load_model_config(model_path).compute_dtype))
         model = load_model(model_path, mesh=mesh, cfg_overrides=overrides)
         kwargs.setdefault("sampling", config.sampling)
+        log.info("query decoding: %s (from %s)", inference_defaults.describe(kwargs["sampling"]),
+                 source if kwargs["sampling"] is config.sampling else "the caller")
         kwargs.setdefault("normalize", config.retrieval.normalize)
         kwargs.setdefault("batch_size", host_batch_size(config.retrieval.encode_batch_size))
         return cls(model, formatter, mesh=mesh, fingerprint=fingerprint_of(model_path), **kwargs)

@@ -15,6 +15,7 @@ def test_quickstart_fast_writes_every_artifact(tmp_path):
     result = subprocess.run([sys.executable, "-m", "t1_jax.cli", "quickstart", "--fast", "--workdir", str(tmp_path)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "query decoding: greedy, up to 40 reasoning tokens before <embtoken>" in result.stderr
     for line in ("stage1 (no reasoning)", "stage2 (reasoning)", "stage3 (reasoning)", "bm25", "t1 search",
                  "seconds: task + tokenizer"):
         assert line in result.stdout
@@ -26,6 +27,8 @@ def test_quickstart_fast_writes_every_artifact(tmp_path):
     for stage in ("stage1", "stage2", "stage3"):
         assert (tmp_path / stage / "model" / "model_config.json").exists()
         assert (tmp_path / stage / "config.json").exists()
+        decoding = json.load(open(tmp_path / stage / "model" / "inference.json"))["sampling"]
+        assert decoding["temperature"] == 0.0 and decoding["max_new_tokens"] == 40  # stage 3 rolled out at 1.0
         assert any((tmp_path / stage / "checkpoints").iterdir())
         ev = tmp_path / "eval" / stage
         assert (ev / "index" / "meta.json").exists() and (ev / "index" / "ids.txt").exists()

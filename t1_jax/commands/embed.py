@@ -15,7 +15,8 @@ HELP = "embed queries (reasoning, then <embtoken>) or documents with a trained T
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by the commands that load an Encoder (embed, encode, search)."""
     parser.add_argument("--config", default=None, metavar="EXP", help="experiment whose text/sampling/retrieval "
-                        "sections apply (default: the run's config.json beside the model)")
+                        "sections apply (default: the run's config.json beside the model, decoding greedily with "
+                        "the budget in model/inference.json)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides", action="extend",
                         help="dotted overrides, e.g. --set sampling.max_new_tokens=128 sampling.temperature=0.7")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <model>/tokenizer)")
@@ -28,7 +29,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_encoder(args: argparse.Namespace, checkpoint: str):
     from t1_jax import config as config_lib
-    from t1_jax import distributed, fs
+    from t1_jax import distributed, fs, inference_defaults
     from t1_jax.config import MeshConfig
     from t1_jax.encoder import Encoder
     from t1_jax.mesh import make_mesh
@@ -38,19 +39,22 @@ def load_encoder(args: argparse.Namespace, checkpoint: str):
         raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a `t1 train` workdir or a model folder)")
     if args.config:
         cfg = config_lib.load_config(args.config, args.overrides)
+        source = f"--config {args.config}"
         distributed.initialize(cfg.mesh)
-    else:
-        run_cfg = fs.join(fs.dirname(model_dir(checkpoint)), "config.json")
-        base = config_lib.load_config(run_cfg) if fs.isfile(run_cfg) else config_lib.ExperimentConfig()
+    else:  # the run's config.json, with the model's inference decoding instead of its training sampling
+        base, source = inference_defaults.run_config(model_dir(checkpoint))
         cfg = config_lib.apply_overrides(base, args.overrides)
         distributed.initialize(config_lib.MeshConfig())  # a trained run's mesh section names its training slice
+    if any(o.startswith("sampling.") for o in args.overrides):
+        source += " and --set sampling.*"
     # A mesh over this process's devices only: on several hosts each process encodes its own chunks independently
     # (t1_jax.retrieval.store assigns them), so no collective may span hosts.
     import jax
 
     mesh = make_mesh(MeshConfig(data=args.mesh_data), devices=jax.local_devices())
     kwargs = {} if args.batch_size is None else {"batch_size": args.batch_size}
-    return Encoder.from_checkpoint(checkpoint, mesh=mesh, tokenizer=args.tokenizer, config=cfg, **kwargs), cfg
+    return Encoder.from_checkpoint(checkpoint, mesh=mesh, tokenizer=args.tokenizer, config=cfg, config_source=source,
+                                   **kwargs), cfg
 
 
 def read_query_rows(path: str, default_domain=None) -> tuple[list[str], list[str], list]:

@@ -72,7 +72,8 @@ def stage_config(plan: Plan, tokenizer_dir: str, train_jsonl: str, stage: int, i
         name=f"quickstart-{name}",
         model=plan.model,
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
-        text=text_config(tokenizer_dir),
+        # Teacher traces and rollouts share one budget, so every stage's model/inference.json decodes with it.
+        text=text_config(tokenizer_dir, max_reasoning_tokens=plan.max_new_tokens),
         data=DataConfig(train_path=train_jsonl, global_batch_size=plan.batches[stage],
                         num_hard_negatives=plan.negatives[stage], seed=seed + stage,
                         length_buckets=(24, 32, 48, 56, 64, 96)),  # short texts: pad little (queries + traces: 38-52)

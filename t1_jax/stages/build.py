@@ -172,7 +172,10 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
         out = fs.join(workdir, MODEL_SUBDIR)
         save_model(out, nnx.merge(graphdef, state.params))
         if jax.process_index() == 0:  # a shared path: one writer
+            from t1_jax import inference_defaults
+
             with fs.local_output_dir(fs.join(out, "tokenizer")) as tokenizer_dir:
                 formatter.tokenizer.save_pretrained(tokenizer_dir)
+            inference_defaults.write(out, cfg)  # greedy, this stage's reasoning budget: not the training sampling
         log.info("finished %s: model saved to %s", stage.name, out)
     return state
