@@ -76,7 +76,7 @@ def pretrained_loader(cfg: ExperimentConfig, mesh, formatter, param_dtype: Optio
 def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     from t1_jax.data.examples import load_examples
     from t1_jax.data.pipeline import contrastive_batches
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn, model_functions
+    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn, model_functions
     from t1_jax.model.qwen3 import param_count
 
     with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
@@ -87,7 +87,8 @@ def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     return TrainStage(
         name=f"stage {'2 (reasoning)' if with_reasoning else '1 (contrastive)'}",
         init_params=init_params, batches=batches, loss_fn=make_loss_fn(cfg, graphdef, mesh),
-        param_shardings=shardings, pretrained=pretrained_loader(cfg, mesh, formatter),
+        loss_normalizers=loss_normalizers(cfg), param_shardings=shardings,
+        pretrained=pretrained_loader(cfg, mesh, formatter),
         tokens_in_batch=lambda b: int(b["q_valid"].sum() + b["d_valid"].sum()),
         flops_per_token=6.0 * param_count(cfg.model))
 
