@@ -96,6 +96,7 @@ class TrainStage:
     # batch -> the counts ``loss_fn`` divides its sums by (stage 2: cross-entropy target tokens), so that gradient
     # accumulation divides the whole step's sums by the whole step's counts (``t1_jax.optimizer.accumulate_gradients``)
     loss_normalizers: Optional[Callable[[Batch], dict]] = None
+    data_report: Optional[dict[str, float]] = None  # what the token budgets cut (t1_jax.data.budget), for the workdir
 
 
 def apply_gradients(state: TrainState, grads: Params, tx: optax.GradientTransformation) -> TrainState:
