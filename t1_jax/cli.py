@@ -60,8 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"t1 {args.command}: config error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"t1 {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a command may say what it kept (t1 encode: the chunks written)
+        print(f"t1 {args.command}: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as e:  # a known failure (bad data, non-finite loss ...) gets one line, not a traceback
         from t1_jax.trainer import NonFiniteLossError, Preempted

@@ -248,13 +248,13 @@ def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[st
 
 
 def contrastive_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn, model_functions
+    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn, model_functions
     from t1_jax.trainer import TrainStage
 
     with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
     graphdef, init_params, shardings = model_functions(cfg, mesh)
-    stage = TrainStage(name=cfg.trainer.stage, init_params=init_params, batches=None,
-                       loss_fn=make_loss_fn(cfg, graphdef, mesh), param_shardings=shardings)
+    stage = TrainStage(name=cfg.trainer.stage, init_params=init_params, batches=None, param_shardings=shardings,
+                       loss_fn=make_loss_fn(cfg, graphdef, mesh), loss_normalizers=loss_normalizers(cfg))
     shapes = contrastive_batch_shapes(cfg, with_reasoning)
     b, tq = shapes["q_ids"][0]
     n, td = shapes["d_ids"][0]

@@ -162,6 +162,8 @@ class DataConfig:
     length_buckets: tuple[int, ...] = ()  # padded lengths; empty = one bucket at the max length
     prefetch: int = 2
     worker_count: int = 0
+    # Stage 2: train on teacher traces longer than text.max_reasoning_tokens, cut there (default: skip those examples)
+    keep_cut_reasoning: bool = False
 
     def validate(self) -> list[str]:
         errors = []

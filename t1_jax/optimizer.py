@@ -1,7 +1,7 @@
 """AdamW with linear warmup + cosine decay, global-norm clipping, and no weight decay on norms and embeddings."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -67,11 +67,22 @@ def update_metrics(old_params: Any, new_params: Any) -> dict[str, jax.Array]:
             "update_ratio": jnp.sqrt(delta_sq) / jnp.maximum(jnp.sqrt(old_sq), 1e-30)}
 
 
-def accumulate_gradients(grad_fn: Callable, params: Any, batch: Any, rng: jax.Array, steps: int):
+# The key under which a micro-batch carries the whole step's normalisers (see ``accumulate_gradients``).
+NORMALIZERS = "_normalizers"
+
+
+def accumulate_gradients(grad_fn: Callable, params: Any, batch: Any, rng: jax.Array, steps: int,
+                         normalizers: Optional[Callable[[Any], dict]] = None):
     """Mean of ``grad_fn(params, micro_batch, rng_i) -> ((loss, metrics), grads)`` over ``steps`` micro-batches.
 
     The leading dimension of every batch leaf is split into ``steps`` equal parts and scanned, so peak activation
     memory is that of one micro-batch. With ``steps == 1`` this is a plain call.
+
+    ``normalizers(batch) -> {name: count}`` (counts that are sums over rows, e.g. a token-mean loss's target tokens):
+    every micro-batch is given ``batch[NORMALIZERS] = whole-batch count / steps``; a loss that divides its micro-batch
+    sum by that makes the mean over micro-batches the whole batch's sum over the whole batch's count, i.e. the loss
+    and gradient of one full batch, whatever each micro-batch's own count. Without it the step is a mean of
+    per-micro-batch means.
     """
     if steps == 1:
         return grad_fn(params, batch, rng)
@@ -83,15 +94,20 @@ def accumulate_gradients(grad_fn: Callable, params: Any, batch: Any, rng: jax.Ar
 
     micro = jax.tree_util.tree_map(split, batch)
     rngs = jax.random.split(rng, steps)
+    counts = None if normalizers is None else jax.tree_util.tree_map(
+        lambda c: jnp.asarray(c, jnp.float32) / steps, normalizers(batch))
+
+    def with_counts(micro_batch):
+        return micro_batch if counts is None else {**micro_batch, NORMALIZERS: counts}
 
     def body(carry, xs):
         micro_batch, micro_rng = xs
-        (loss, metrics), grads = grad_fn(params, micro_batch, micro_rng)
+        (loss, metrics), grads = grad_fn(params, with_counts(micro_batch), micro_rng)
         acc = jax.tree_util.tree_map(lambda a, b: a + b / steps, carry, (loss, metrics, grads))
         return acc, None
 
-    (loss0, metrics0), grads0 = jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro),
-                                               rngs[0])
-    zeros = jax.tree_util.tree_map(lambda s: jax.numpy.zeros(s.shape, s.dtype), (loss0, metrics0, grads0))
+    first = with_counts(jax.tree_util.tree_map(lambda x: x[0], micro))
+    (loss0, metrics0), grads0 = jax.eval_shape(grad_fn, params, first, rngs[0])
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (loss0, metrics0, grads0))
     (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, rngs))
     return (loss, metrics), grads

@@ -61,7 +61,12 @@ class Encoded:
 
     ids: tuple[int, ...]
     loss_mask: Optional[tuple[int, ...]]
-    truncated: bool
+    text_truncated: bool  # the query or document text was cut to its budget
+    reasoning_truncated: bool = False  # query_with_reasoning: the reasoning was cut to text.max_reasoning_tokens
+
+    @property
+    def truncated(self) -> bool:
+        return self.text_truncated or self.reasoning_truncated
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -225,17 +230,17 @@ class T1Formatter:
         reasonings = self._user_tokens([r[1] for r in rows]) if with_reasoning else [None] * len(rows)
         out = []
         for frame, body, reasoning in zip(frames, bodies, reasonings):
-            cut = len(body) > frame.budget
+            cut, cut_reasoning = len(body) > frame.budget, False
             ids = frame.prefix + tuple(body[:frame.budget]) + frame.suffix
             mask = None
             if kind == "query_with_reasoning":
-                cut = cut or len(reasoning) > self.cfg.max_reasoning_tokens
+                cut_reasoning = len(reasoning) > self.cfg.max_reasoning_tokens
                 tail = tuple(reasoning[:self.cfg.max_reasoning_tokens]) + (self.emb_token_id,)
                 mask = (0,) * len(ids) + (1,) * len(tail)
                 ids = ids + tail
             elif kind != "query_prompt":
                 ids = ids + (self.emb_token_id,)
-            out.append(Encoded(ids=ids, loss_mask=mask, truncated=cut))
+            out.append(Encoded(ids=ids, loss_mask=mask, text_truncated=cut, reasoning_truncated=cut_reasoning))
         return out
 
     # ---------------------------------------------------------------------------------------------------- one row

@@ -93,6 +93,10 @@ class TrainStage:
     # Starting parameters (e.g. an imported checkpoint or the previous stage), loaded only when there is nothing to
     # resume; already placed on their shardings. None = ``init_params``.
     pretrained: Optional[Callable[[], Params]] = None
+    # batch -> the counts ``loss_fn`` divides its sums by (stage 2: cross-entropy target tokens), so that gradient
+    # accumulation divides the whole step's sums by the whole step's counts (``t1_jax.optimizer.accumulate_gradients``)
+    loss_normalizers: Optional[Callable[[Batch], dict]] = None
+    data_report: Optional[dict[str, float]] = None  # what the token budgets cut (t1_jax.data.budget), for the workdir
 
 
 def apply_gradients(state: TrainState, grads: Params, tx: optax.GradientTransformation) -> TrainState:
@@ -100,7 +104,7 @@ def apply_gradients(state: TrainState, grads: Params, tx: optax.GradientTransfor
     return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
 
-def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
+def standard_step(loss_fn: LossFn, grad_accum_steps: int, normalizers: Optional[Callable] = None) -> Callable:
     """The step of the gradient-based stages: (accumulated) value-and-grad, AdamW update, metrics."""
 
     def step(state: TrainState, batch: Batch, tx: optax.GradientTransformation, schedule, frozen=None
@@ -108,7 +112,8 @@ def standard_step(loss_fn: LossFn, grad_accum_steps: int) -> Callable:
         del frozen
         rng, step_rng = jax.random.split(state.rng)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_rng, grad_accum_steps)
+        (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_rng, grad_accum_steps,
+                                                      normalizers)
         new_state = apply_gradients(state, grads, tx).replace(rng=rng)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
                    **update_metrics(state.params, new_state.params)}
@@ -155,7 +160,7 @@ def jit_train_step(stage: TrainStage, grad_accum_steps: int, tx: optax.GradientT
     ``state_shardings``. Needs no data: ``t1 compile-check`` lowers it with abstract inputs."""
     if stage.step_fn is None and stage.loss_fn is None:
         raise ValueError(f"stage {stage.name!r} provides neither loss_fn nor step_fn")
-    body = stage.step_fn or standard_step(stage.loss_fn, grad_accum_steps)
+    body = stage.step_fn or standard_step(stage.loss_fn, grad_accum_steps, stage.loss_normalizers)
     return jax.jit(lambda s, b, f: body(s, b, tx, schedule, f), donate_argnums=(0,),
                    out_shardings=(state_shardings, None))
 
@@ -194,12 +199,6 @@ class Trainer:
 
     # ---- state -----------------------------------------------------------------------------------------------------
 
-    def _init_state_fn(self, stage: TrainStage) -> Callable[[jax.Array], TrainState]:
-        return init_state_fn(stage, self.tx)
-
-    def _new_state(self, stage: TrainStage, params: Params, rng: jax.Array) -> TrainState:
-        return new_state(stage, self.tx, params, rng)
-
     def _batch_sharding(self, key: str, ndim: int) -> NamedSharding:
         return batch_shardings(self.mesh, {key: (0,) * ndim}, self._batch_axes)[key]
 
@@ -217,9 +216,9 @@ class Trainer:
             self.tx, self.schedule = make_optimizer(self.cfg.optimizer, tcfg.num_steps * stage.updates_per_step)
 
         with mesh_lib.use_mesh(self.mesh):
-            init = jax.jit(self._init_state_fn(stage))
+            init = jax.jit(init_state_fn(stage, self.tx))
             rng0 = jax.random.PRNGKey(tcfg.seed)
-            from_params = jax.jit(lambda p, rng: self._new_state(stage, p, jax.random.split(rng)[1]))
+            from_params = jax.jit(lambda p, rng: new_state(stage, self.tx, p, jax.random.split(rng)[1]))
             state_shardings = self._state_shardings(stage, init, from_params, rng0)
             step_fn = jit_train_step(stage, self.cfg.optimizer.grad_accum_steps, self.tx, self.schedule,
                                      state_shardings)

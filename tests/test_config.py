@@ -79,6 +79,20 @@ def test_batch_must_divide_batch_shards():
         cfg_lib.validate(cfg, device_count=8)
 
 
+def test_grpo_refuses_gradient_accumulation():
+    """A GRPO step never read optimizer.grad_accum_steps: it is refused there (one line saying what to use) and
+    accepted for the contrastive stages, which accumulate."""
+    grpo = cfg_lib.apply_overrides(ExperimentConfig(), ["trainer.stage=grpo", "optimizer.grad_accum_steps=4"])
+    with pytest.raises(ConfigError) as info:
+        cfg_lib.validate(grpo)
+    assert str(info.value) == ("optimizer.grad_accum_steps=4 is not supported by trainer.stage=grpo (a step samples, "
+                               "scores against its whole batch's documents and updates at once): set it to 1; for less "
+                               "memory lower data.global_batch_size, grpo.group_size or grpo.logprob_chunk_size")
+    cfg_lib.validate(cfg_lib.apply_overrides(grpo, ["optimizer.grad_accum_steps=1"]))
+    for stage in ("contrastive", "reasoning"):
+        cfg_lib.validate(cfg_lib.apply_overrides(grpo, [f"trainer.stage={stage}"]))
+
+
 def test_resolved_config_round_trip(tmp_path):
     cfg = cfg_lib.load_config(TINY, ["optimizer.lr=2e-5", "grpo.rewards=ndcg:1,contrastive:0.5", "eval.ks=5,10"])
     path = tmp_path / "run" / "config.json"

@@ -1,4 +1,5 @@
-"""Stage 1/2 loss on an 8-device mesh vs a single-device reference; GradCache equals the direct step."""
+"""Stage 1/2 loss on an 8-device mesh vs a single-device reference; GradCache equals the direct step; gradient
+accumulation keeps stage 2's CE a token mean over the whole step."""
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +86,67 @@ def test_sharded_loss_and_grad_equal_single_device(setup, stage, gradcache):
     # The parameters really are sharded (fsdp x tensor), not replicated.
     embed = jax.tree.leaves(sharded_params["embed_tokens"])[0]
     assert len({tuple((i.start, i.stop) for i in s.index) for s in embed.addressable_shards}) == 4
+
+
+
+def test_grad_accumulation_is_the_full_batch_token_mean(setup):
+    """optimizer.grad_accum_steps=2 in stage 2: the reasoning CE is divided by the whole step's target tokens, so the
+    accumulated CE, loss and gradient equal the full batch's token mean, computed here without the stage code
+    (full-vocabulary log-softmax, gradients of each micro-batch's CE sum combined by hand). InfoNCE is per
+    micro-batch: each micro-batch's documents are its negatives (the documented behaviour), so its reference is the
+    mean of the micro-batches' InfoNCE. The micro-batches hold different numbers of target tokens, so a mean of
+    per-micro-batch CE means has another gradient (checked: the test can fail)."""
+    from t1_jax.optimizer import accumulate_gradients
+    from t1_jax.stages.contrastive import loss_normalizers
+
+    cfg, batch = setup
+    steps = 2
+    cfg = cfg_lib.apply_overrides(cfg, ["trainer.stage=reasoning", f"optimizer.grad_accum_steps={steps}",
+                                        "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"])
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:1])
+    graphdef, init_params, _ = model_functions(cfg, mesh)
+    params = jax.device_put(init_params(jax.random.PRNGKey(0)), jax.devices()[0])
+    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    b, n = batch["q_ids"].shape[0], batch["d_ids"].shape[0]
+    rows = [slice(k * b // steps, (k + 1) * b // steps) for k in range(steps)]
+    docs = [slice(k * n // steps, (k + 1) * n // steps) for k in range(steps)]
+    counts = [float(batch["q_loss"][r, 1:].sum()) for r in rows]
+    assert counts[0] != counts[1], counts  # otherwise a mean of means would equal the token mean
+
+    def parts(p):
+        """[mean of the micro-batches' InfoNCE, CE sum of micro-batch 0, CE sum of micro-batch 1]."""
+        model = nnx.merge(graphdef, p)
+        nce, ce_sums = 0.0, []
+        for r, d in zip(rows, docs):
+            q_bd, q_hidden = embed_last(model, jb["q_ids"][r], jb["q_valid"][r], True)
+            d_nd, _ = embed_last(model, jb["d_ids"][d], jb["d_valid"][d], True)
+            nce += losses.infonce(q_bd, d_nd, jb["doc_keys"][d], jb["pos_col"][r] - d.start, jb["pos_keys"][r],
+                                  cfg.loss.temperature)[0] / steps
+            logp = jax.nn.log_softmax(model.logits(q_hidden[:, :-1]).astype(jnp.float32), axis=-1)
+            target = jnp.take_along_axis(logp, jb["q_ids"][r][:, 1:, None], axis=-1)[..., 0]
+            ce_sums.append(-jnp.sum(target * jb["q_loss"][r][:, 1:]))
+        return jnp.stack([nce, *ce_sums])
+
+    w = cfg.loss.sft_weight
+    token_mean = jnp.array([1.0, w / sum(counts), w / sum(counts)])
+    mean_of_means = jnp.array([1.0, w / (steps * counts[0]), w / (steps * counts[1])])
+
+    def reference(p):  # one forward, the gradients of both weightings of its parts
+        values, vjp = jax.vjp(parts, p)
+        return values, vjp(token_mean)[0], vjp(mean_of_means)[0]
+
+    values, ref_grads, means_grads = jax.jit(reference)(params)
+    ref_ce = float(values[1] + values[2]) / sum(counts)
+
+    grad_fn = jax.value_and_grad(make_loss_fn(cfg, graphdef, mesh), has_aux=True)
+    with mesh_lib.use_mesh(mesh):
+        (loss, metrics), grads = jax.jit(lambda p, bt: accumulate_gradients(
+            grad_fn, p, bt, jax.random.PRNGKey(1), steps, loss_normalizers(cfg)))(params, jb)
+
+    assert abs(float(metrics["reasoning_ce"]) - ref_ce) <= 1e-5 * ref_ce
+    assert abs(float(loss) - (float(values[0]) + w * ref_ce)) <= 1e-5 * float(loss)
+    flat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])  # noqa: E731
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        assert _rel(g, r) <= 1e-5
+    # What the step computed before: a mean of per-micro-batch means, measurably another gradient.
+    assert _rel(flat(means_grads), flat(ref_grads)) > 1e-3

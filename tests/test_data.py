@@ -140,3 +140,65 @@ def test_bucket_lengths():
     assert bucket_length(65, ()) == 128
     with pytest.raises(ValueError, match="exceeds the largest length bucket 64"):
         bucket_length(65, (32, 64))
+
+
+def _budget_rows():
+    """12 rows (lines 1-12) against max_query 128 / reasoning 64 / doc 96 tokens; one digit = one token here. Line 3's
+    trace is one token over the budget, line 5's exactly on it, line 7's far over (with its own over-long positive,
+    which must not be counted once the row is skipped); line 9's query and line 10's positive are cut."""
+    rows = _rows(12)
+    rows[2]["reasoning"] = "7" * 65
+    rows[4]["reasoning"] = "7" * 64
+    rows[6]["reasoning"], rows[6]["positives"] = "7" * 200, ["8" * 100]
+    rows[8]["query"] = "what is " + "1" * 100
+    rows[9]["positives"] = ["9" * 100]
+    return rows
+
+
+def test_token_budgets_counted_and_cut_traces_skipped(tmp_path, formatter, caplog):
+    """Stage 2 skips examples whose teacher trace would be cut (and counts them); cut queries and documents are counted;
+    the skipped rows never reach a batch; data.keep_cut_reasoning keeps them; stage 1 ignores the traces."""
+    from t1_jax.data.budget import apply_budgets
+    from t1_jax.mesh import make_mesh
+    from t1_jax.stages.build import training_batches
+
+    path = _write(tmp_path / "train.jsonl", _budget_rows())
+    examples, _ = load_jsonl_examples(path)
+    assert [len(formatter.tokenizer(e.reasoning, add_special_tokens=False)["input_ids"])
+            for e in examples[2:7:2]] == [65, 64, 200]  # the rows are what they claim to be
+    data_cfg = cfg_lib.DataConfig(train_path=path, global_batch_size=8, num_epochs=4, num_hard_negatives=2)
+    cfg = cfg_lib.ExperimentConfig(text=formatter.cfg, data=data_cfg)
+    with caplog.at_level("WARNING", logger="t1_jax.data.budget"):
+        batches, metrics = training_batches(cfg, make_mesh(cfg.mesh), formatter, "query_with_reasoning")
+    assert metrics == {"examples": 12, "examples_kept": 10, "queries_cut": 1, "traces_cut": 2, "traces_skipped": 2,
+                       "documents": 30, "documents_cut": 1}
+    line = [r.getMessage() for r in caplog.records if r.name == "t1_jax.data.budget"]
+    assert line == [f"training data: 12 examples; 2 teacher traces longer than text.max_reasoning_tokens=64 skipped "
+                    f"({path}:3, {path}:7); 1 of the 10 trained queries cut to text.max_query_tokens=128 ({path}:9); "
+                    f"1 of 30 documents cut to text.max_doc_tokens=96"]
+
+    kept = [e for i, e in enumerate(examples) if i not in (2, 6)]
+    encoded = formatter.encode_many("query_with_reasoning", [(e.query, e.reasoning) for e in kept])
+    source_of = {e.ids: x.source for e, x in zip(encoded, kept)}
+    seen = set()
+    for batch in batches:  # 4 epochs of the 10 kept examples: 5 batches of 8
+        for ids, valid in zip(batch["q_ids"], batch["q_valid"]):
+            seen.add(source_of[tuple(int(t) for t in ids[:valid.sum()])])  # KeyError: a row that is not kept
+    assert seen == {e.source for e in kept}
+
+    _, report = apply_budgets(examples, formatter, "query_with_reasoning", keep_cut_reasoning=True)
+    assert report.metrics() == {"examples": 12, "examples_kept": 12, "queries_cut": 1, "traces_cut": 2,
+                                "traces_skipped": 0, "documents": 36, "documents_cut": 2}
+    assert "kept, cut there (data.keep_cut_reasoning)" in str(report)
+    stage1, report = apply_budgets(examples, formatter, "query_direct")
+    assert len(stage1) == 12 and report.traces_cut == [] and report.queries_cut == [f"{path}:9"]
+
+
+def test_nothing_left_after_skipping_cut_traces_is_an_error(tmp_path, formatter):
+    from t1_jax.data.budget import apply_budgets
+
+    path = _write(tmp_path / "train.jsonl", [{**row, "reasoning": "7" * 65} for row in _rows(2)])
+    examples, _ = load_jsonl_examples(path)
+    with pytest.raises(DataError, match="every one of the 2 training examples has a teacher trace longer than "
+                                        "text.max_reasoning_tokens=64: raise it, or set data.keep_cut_reasoning=true"):
+        apply_budgets(examples, formatter, "query_with_reasoning")

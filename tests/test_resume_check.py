@@ -64,3 +64,6 @@ def test_resume_with_more_steps_keeps_the_earlier_config(trained, caplog):
     assert json.load(open(f"{workdir}/config.json"))["trainer"]["num_steps"] == 3
     rows = [json.loads(line)["step"] for line in open(f"{workdir}/metrics.jsonl")]
     assert rows == [1, 2, 3]
+    report = json.load(open(f"{workdir}/data_report.json"))  # what the token budgets cut (t1_jax/data/budget.py)
+    assert report["examples"] == report["examples_kept"] == len(open(cfg.data.train_path).read().splitlines())
+    assert report["traces_cut"] == report["traces_skipped"] == 0 and report["documents"] > 0

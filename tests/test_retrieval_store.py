@@ -130,3 +130,41 @@ def test_default_chunks_bound_lost_work():
     rows = default_chunk_rows(2560, "float16", 32)
     assert rows % 32 == 0 and rows * 2560 * 2 <= 4 << 20 and rows == 800  # byte cap, batch multiple
     assert default_chunk_rows(100_000, "float32", 8) == 8  # never below one batch
+
+
+def test_ctrl_c_keeps_written_chunks_says_so_in_one_line_and_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in `t1 encode` (a KeyboardInterrupt in the middle of chunk 2): exit status 130, one line saying which
+    chunks the store keeps, no traceback; the same command then encodes only the rest."""
+    import argparse
+    import json
+
+    from t1_jax import cli
+    from t1_jax.commands import embed
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in _docs(30)))
+    store_dir = tmp_path / "store"
+    calls, interrupt_at = [], [5]
+
+    class Encoder:  # the encoder `t1 encode` would load: batches of 4, interrupted on the 5th
+        batch_size, dim, fingerprint, normalize, show_progress = 4, DIM, "fp", True, True
+
+        def encode_documents(self, texts, domains):
+            calls.append(list(texts))
+            if len(calls) == interrupt_at[0]:
+                raise KeyboardInterrupt
+            return _embed(texts)
+
+    cfg = argparse.Namespace(retrieval=argparse.Namespace(embedding_dtype="float32"))
+    monkeypatch.setattr(embed, "load_encoder", lambda args, checkpoint: (Encoder(), cfg))
+    argv = ["encode", "--checkpoint", str(tmp_path), "--corpus", str(corpus), "--out", str(store_dir),
+            "--chunk-rows", "8", "--group", "1"]
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err == (f"t1 encode: interrupted: {store_dir} keeps the 2 of 4 chunks already written "
+                                       f"(16 of 30 documents); run the same command again to encode the rest\n")
+    assert EmbeddingStore.open(str(store_dir)).missing_chunks() == [2, 3]
+    calls.clear()
+    interrupt_at[0] = 0  # no interruption this time
+    assert cli.main(argv) == 0
+    assert [t for batch in calls for t in batch] == [t for _, t in _docs(30)[16:]]  # only chunks 2 and 3 again
+    np.testing.assert_allclose(EmbeddingStore.open(str(store_dir)).read(), _reference(30), atol=1e-6)

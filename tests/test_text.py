@@ -132,6 +132,10 @@ def test_truncation_cuts_the_text_and_keeps_embtoken(tok):
 
     enc = fmt.query_with_reasoning("short?", long_text)
     assert enc.truncated and sum(enc.loss_mask) == 10 + 1 and enc.ids[-1] == QWEN3_EMB_ID
+    assert enc.reasoning_truncated and not enc.text_truncated  # which part was cut (training skips cut traces)
+    both = fmt.query_with_reasoning(long_text, long_text)
+    assert both.text_truncated and both.reasoning_truncated and not fmt.query_with_reasoning("q?", "r").truncated
+    assert prompt.text_truncated and not prompt.reasoning_truncated
 
 
 def test_template_that_does_not_fit_is_refused(tok):

@@ -192,6 +192,17 @@ class EmbeddingStore:
         return self._array[start:self.num_docs if stop is None else stop].read().result()
 
 
+class EncodeInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`encode_corpus`: says what the store keeps (every chunk whose done-marker was written)."""
+
+    def __init__(self, store: EmbeddingStore):
+        done = store.done_chunks()
+        rows = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in done)
+        super().__init__(f"interrupted: {store.path} keeps the {len(done)} of {store.num_chunks} chunks already "
+                         f"written ({rows} of {store.num_docs} documents); run the same command again to encode the "
+                         f"rest")
+
+
 def _barrier(name: str) -> None:
     import jax
 
@@ -248,21 +259,25 @@ def encode_corpus(doc_iter: Iterable[tuple[str, str]], embed_fn: Callable[[list[
     my_rows = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in mine)
     bar = progress(None, total=my_rows, desc="encode", unit="doc", initial=skipped_rows)
     t0 = time.time()
-    for chunk in todo:
-        start, stop = store.chunk_range(chunk)
-        parts = []
-        for b in range(start, stop, batch_size):
-            batch = texts[b:min(b + batch_size, stop)]
-            emb = np.asarray(embed_fn(batch), dtype=np.float32)
-            if emb.shape != (len(batch), dim):
-                raise ValueError(f"embed_fn returned shape {emb.shape} for {len(batch)} texts (expected "
-                                 f"{(len(batch), dim)})")
-            parts.append(emb)
-            bar.update(len(batch))
-        emb_nd = np.concatenate(parts)
-        if normalize:
-            emb_nd = emb_nd / np.maximum(np.linalg.norm(emb_nd, axis=1, keepdims=True), 1e-12)
-        store.write_chunk(start, emb_nd)
+    try:
+        for chunk in todo:
+            start, stop = store.chunk_range(chunk)
+            parts = []
+            for b in range(start, stop, batch_size):
+                batch = texts[b:min(b + batch_size, stop)]
+                emb = np.asarray(embed_fn(batch), dtype=np.float32)
+                if emb.shape != (len(batch), dim):
+                    raise ValueError(f"embed_fn returned shape {emb.shape} for {len(batch)} texts (expected "
+                                     f"{(len(batch), dim)})")
+                parts.append(emb)
+                bar.update(len(batch))
+            emb_nd = np.concatenate(parts)
+            if normalize:
+                emb_nd = emb_nd / np.maximum(np.linalg.norm(emb_nd, axis=1, keepdims=True), 1e-12)
+            store.write_chunk(start, emb_nd)
+    except KeyboardInterrupt:
+        bar.close()
+        raise EncodeInterrupted(store) from None
     bar.close()
     if todo:
         log.info("encoded %d documents in %.1fs", sum(store.chunk_range(c)[1] - store.chunk_range(c)[0]

@@ -6,6 +6,7 @@ stage). Stage builders are looked up in ``STAGE_BUILDERS`` by ``trainer.stage``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Callable, Optional
 
@@ -22,6 +23,7 @@ from t1_jax.trainer import Trainer, TrainStage, TrainState
 log = logging.getLogger(__name__)
 
 MODEL_SUBDIR = "model"  # where a finished stage leaves its parameters (the next stage's trainer.init_from)
+DATA_REPORT = "data_report.json"  # what the token budgets cut in the training data (t1_jax.data.budget)
 
 
 def resolve_model_config(cfg: ExperimentConfig, formatter) -> ExperimentConfig:
@@ -73,23 +75,36 @@ def pretrained_loader(cfg: ExperimentConfig, mesh, formatter, param_dtype: Optio
     return load
 
 
-def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
+def training_batches(cfg: ExperimentConfig, mesh, formatter, query_kind: str):
+    """(this host's checkpointable batch iterator, the data's budget report as ``data/*`` metrics): examples loaded,
+    measured against the token budgets (stage 2 skips traces that would be cut), then the grain pipeline."""
+    from t1_jax.data.budget import apply_budgets
     from t1_jax.data.examples import load_examples
     from t1_jax.data.pipeline import contrastive_batches
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn, model_functions
+
+    examples = load_examples(cfg.data, require_reasoning=query_kind == "query_with_reasoning")
+    examples, report = apply_budgets(examples, formatter, query_kind, cfg.data.keep_cut_reasoning)
+    host_rows = mesh_lib.process_batch_rows(mesh, cfg.data.global_batch_size)  # this host's rows of each batch
+    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), query_kind=query_kind,
+                                  host_rows=host_rows)
+    return batches, report.metrics()
+
+
+def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
+    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn, model_functions
     from t1_jax.model.qwen3 import param_count
 
     with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
-    examples = load_examples(cfg.data, require_reasoning=with_reasoning)
-    host_rows = mesh_lib.process_batch_rows(mesh, cfg.data.global_batch_size)  # this host's rows of each batch
-    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), with_reasoning, host_rows=host_rows)
+    batches, data_report = training_batches(cfg, mesh, formatter,
+                                            "query_with_reasoning" if with_reasoning else "query_direct")
     graphdef, init_params, shardings = model_functions(cfg, mesh)
     return TrainStage(
         name=f"stage {'2 (reasoning)' if with_reasoning else '1 (contrastive)'}",
         init_params=init_params, batches=batches, loss_fn=make_loss_fn(cfg, graphdef, mesh),
-        param_shardings=shardings, pretrained=pretrained_loader(cfg, mesh, formatter),
+        loss_normalizers=loss_normalizers(cfg), param_shardings=shardings,
+        pretrained=pretrained_loader(cfg, mesh, formatter),
         tokens_in_batch=lambda b: int(b["q_valid"].sum() + b["d_valid"].sum()),
-        flops_per_token=6.0 * param_count(cfg.model))
+        flops_per_token=6.0 * param_count(cfg.model), data_report=data_report)
 
 
 def grpo_sample_fn(cfg: ExperimentConfig, graphdef) -> Callable:
@@ -117,8 +132,6 @@ def grpo_step_fn(cfg: ExperimentConfig, graphdef) -> Callable:
 
 
 def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
-    from t1_jax.data.examples import load_examples
-    from t1_jax.data.pipeline import contrastive_batches
     from t1_jax.stages.contrastive import model_functions
     from t1_jax.stages.grpo import init_extra_fn
 
@@ -127,10 +140,7 @@ def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     if g.beta > 0 and pretrained is None:
         raise ConfigError("grpo.beta > 0 needs a reference policy: set trainer.init_from to the stage-2 model (or "
                           "grpo.beta=0)")
-    examples = load_examples(cfg.data)
-    host_rows = mesh_lib.process_batch_rows(mesh, cfg.data.global_batch_size)  # this host's rows of each batch
-    batches = contrastive_batches(examples, formatter, cfg.data, len(host_rows), query_kind="query_prompt",
-                                  host_rows=host_rows)
+    batches, data_report = training_batches(cfg, mesh, formatter, "query_prompt")
     graphdef, init_params, shardings = model_functions(cfg, mesh)
     # The reference policy is only run forward: kept in the compute dtype (half the memory of float32 masters).
     reference = pretrained_loader(cfg, mesh, formatter, param_dtype=cfg.model.compute_dtype)
@@ -138,7 +148,7 @@ def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     return TrainStage(
         name="stage 3 (grpo)", init_params=init_params, batches=batches, step_fn=grpo_step_fn(cfg, graphdef),
         param_shardings=shardings, pretrained=pretrained, frozen=frozen, updates_per_step=g.inner_steps,
-        init_extra=init_extra_fn(cfg))  # no MFU: decoding dominates and is memory-bound
+        init_extra=init_extra_fn(cfg), data_report=data_report)  # no MFU: decoding dominates and is memory-bound
 
 
 STAGE_BUILDERS: dict[str, Callable[..., TrainStage]] = {
@@ -163,6 +173,8 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
     mesh = mesh_lib.make_mesh(cfg.mesh)
     stage = STAGE_BUILDERS[cfg.trainer.stage](cfg, mesh, formatter)
     trainer = Trainer(cfg, workdir, mesh)
+    if stage.data_report is not None and jax.process_index() == 0:  # a shared path: one writer
+        fs.write_text(fs.join(workdir, DATA_REPORT), json.dumps(stage.data_report, indent=2) + "\n")
     state = trainer.fit(stage)
     if int(state.step) >= cfg.trainer.num_steps:
         from t1_jax.model import abstract_model

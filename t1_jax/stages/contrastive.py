@@ -13,6 +13,11 @@ chunks of c examples under ``jax.checkpoint`` (only each chunk's inputs are kept
 respect to the embeddings are computed once over the whole batch, and a surrogate ``sum(emb * stop_grad(dL/demb))``
 carries that gradient back, each chunk re-embedded during the backward pass. Loss value and gradient equal the direct
 step's; peak activation memory is that of one chunk; cost is two forward passes and one backward pass.
+
+With ``optimizer.grad_accum_steps = k`` the trainer splits the batch into k micro-batches: the reasoning CE stays the
+token mean of the whole step (``loss_normalizers``: each micro-batch divides its CE sum by the step's target tokens /
+k), while InfoNCE is computed per micro-batch, each micro-batch's documents being its only negatives (docs/training.md,
+Optimizer).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from t1_jax.config import ConfigError, ExperimentConfig
 from t1_jax.logprobs import chunked_token_ce
 from t1_jax.mesh import batch_shard_count
 from t1_jax.model import Qwen3, abstract_model, param_shardings
+from t1_jax.optimizer import NORMALIZERS
 from t1_jax.sampler import positions_from_valid
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,17 @@ def embed_last(model: Qwen3, ids_bt, valid_bt, normalize: bool):
 def _reasoning_ce(model: Qwen3, hidden_btd, ids_bt, loss_bt, chunk: int):
     """Sum and count of next-token CE on the reasoning targets (position t predicts token t + 1)."""
     return chunked_token_ce(hidden_btd[:, :-1], ids_bt[:, 1:], loss_bt[:, 1:], model.logits, chunk)
+
+
+def _ce_targets(batch) -> dict:
+    """The count the reasoning CE divides by: target tokens (the ones ``_reasoning_ce`` sums over)."""
+    return {"ce_tokens": jnp.sum(batch["q_loss"][:, 1:].astype(jnp.float32))}
+
+
+def loss_normalizers(cfg: ExperimentConfig):
+    """The stage's ``TrainStage.loss_normalizers``: stage 2's CE is a token mean over the whole step, so under
+    gradient accumulation every micro-batch divides its CE sum by the step's target tokens / grad_accum_steps."""
+    return _ce_targets if STAGES_WITH_REASONING[cfg.trainer.stage] else None
 
 
 def _split_chunks(x, chunks: int):
@@ -79,6 +96,10 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
         pos_col = batch["pos_col"] % (d_nd.shape[0] // shards)
         return contrast(q_bd, d_nd, batch["doc_keys"], pos_col, batch["pos_keys"])
 
+    def ce_divisor(batch, ce_count):
+        """The micro-batch's own target count, or under accumulation the step's count / grad_accum_steps."""
+        return batch[NORMALIZERS]["ce_tokens"] if NORMALIZERS in batch else ce_count
+
     def finish(nce, nce_metrics, ce_sum, ce_count):
         metrics = {"infonce": nce, "accuracy": nce_metrics["accuracy"], "pos_sim": nce_metrics["pos_sim"],
                    "neg_sim": nce_metrics["neg_sim"]}
@@ -97,7 +118,7 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
         nce, nce_metrics = infonce_on(q_bd, d_nd, batch)
         ce_sum, ce_count = (_reasoning_ce(model, q_hidden, batch["q_ids"], batch["q_loss"], lcfg.ce_chunk_size)
                             if with_reasoning else (0.0, 0.0))
-        return finish(nce, nce_metrics, ce_sum, ce_count)
+        return finish(nce, nce_metrics, ce_sum, ce_divisor(batch, ce_count))
 
     if not lcfg.gradcache_chunk:
         return direct
@@ -135,6 +156,7 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
 
         # Embeddings of every chunk; under jax.checkpoint each chunk keeps only its inputs for the backward pass.
         q_re, d_re, ce_sum_re, ce_count = embed_all(params)
+        ce_count = ce_divisor(batch, ce_count)
         q_bd, d_nd, ce_sum = jax.lax.stop_gradient((q_re, d_re, ce_sum_re))
         # The loss and its gradient with respect to the (constant) embeddings, over the whole gathered batch.
         (nce, nce_metrics), (g_q, g_d) = jax.value_and_grad(
