@@ -42,7 +42,8 @@ def base_config() -> ExperimentConfig:
         model=dataclasses.replace(preset("qwen3-4b-instruct-2507"), remat="none", scan_layers=True,
                                   param_dtype="bfloat16", compute_dtype="bfloat16"),
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
-        text=TextConfig(tokenizer="runs/t1-4b-stage3/model/tokenizer", max_query_tokens=1024, max_doc_tokens=512,
+        # text.tokenizer empty: the tokenizer saved with the model (--checkpoint's tokenizer/ folder)
+        text=TextConfig(tokenizer="", max_query_tokens=1024, max_doc_tokens=512,
                         max_reasoning_tokens=512, domain_instructions=True),
         sampling=SamplingConfig(max_new_tokens=512, temperature=0.0, prompt_buckets=(128, 256, 512, 1024)),
         retrieval=RetrievalConfig(embedding_dtype="float16", normalize=True, top_k=100, index_mode="auto"),

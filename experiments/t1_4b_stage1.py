@@ -11,7 +11,8 @@ run picks its own row), else v5p-8. Any value can still be changed with `--set` 
   t1 compile-check --config experiments/t1_4b_stage1.py --topology v5e-16   # the v5litepod-16 row
 
 Inputs: `t1 convert hf-to-t1 <Qwen3-4B-Instruct-2507 download> models/qwen3-4b-instruct-2507` (trainer.init_from;
-its tokenizer folder is text.tokenizer) and a jsonl of (query, positives, negatives) at data.train_path.
+text.tokenizer is empty, so the tokenizer the conversion carried into its tokenizer/ folder is used) and a jsonl of
+(query, positives, negatives) at data.train_path.
 Sequence budgets (tokens): query prompt 256 (+1 <embtoken>, padded to 320), document 512 (with <embtoken>).
 Numerics (docs/training.md, Precision): float32 master parameters and AdamW moments, bfloat16 matmuls and
 activations, float32 weight gradients and their reductions, full per-layer remat.
@@ -43,7 +44,8 @@ def base_config() -> ExperimentConfig:
         model=dataclasses.replace(preset("qwen3-4b-instruct-2507"), remat="full", scan_layers=True,
                                   param_dtype="float32", compute_dtype="bfloat16"),
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
-        text=TextConfig(tokenizer="models/qwen3-4b-instruct-2507/tokenizer", max_query_tokens=256,
+        # text.tokenizer empty: the tokenizer saved with the model (trainer.init_from's tokenizer/ folder)
+        text=TextConfig(tokenizer="", max_query_tokens=256,
                         max_doc_tokens=512, max_reasoning_tokens=512),
         # Two padded lengths (queries <= 257 -> 320; documents -> 320 or 512): a 4B step takes minutes to compile on a
         # TPU, so a single-host run compiles it at most twice instead of once per 64-token length.

@@ -6,7 +6,8 @@ mesh shapes, remat, GradCache chunks, learning rate and schedule are ours, sized
 
 Slice selection as in t1_4b_stage1.py: `$T1_TOPOLOGY`, else `$TPU_ACCELERATOR_TYPE`, else v5p-8; `--set` overrides
 any value afterwards (mesh.*, data.global_batch_size, loss.gradcache_chunk, optimizer.grad_accum_steps ...).
-Inputs: the stage-1 workdir (trainer.init_from; its model/ folder) and a jsonl with teacher reasoning per query.
+Inputs: the stage-1 workdir (trainer.init_from; its model/ folder and model/tokenizer) and a jsonl with teacher
+reasoning per query.
 Sequence budgets (tokens): query prompt 256 + reasoning 512 + <embtoken> (padded to 832), document 512.
 Numerics (docs/training.md, Precision): float32 master parameters and AdamW moments, bfloat16 compute, full
 per-layer remat, chunked (128-token) vocabulary cross-entropy.
@@ -34,7 +35,8 @@ def base_config() -> ExperimentConfig:
         model=dataclasses.replace(preset("qwen3-4b-instruct-2507"), remat="full", scan_layers=True,
                                   param_dtype="float32", compute_dtype="bfloat16"),
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
-        text=TextConfig(tokenizer="runs/t1-4b-stage1/model/tokenizer", max_query_tokens=256, max_doc_tokens=512,
+        # text.tokenizer empty: the tokenizer saved with the model (trainer.init_from's tokenizer/ folder)
+        text=TextConfig(tokenizer="", max_query_tokens=256, max_doc_tokens=512,
                         max_reasoning_tokens=512),
         # Two padded lengths (queries <= 769 -> 512 or 832; documents -> 512): few compiles of the 4B step.
         data=DataConfig(train_path="data/t1_stage2_reasoning.jsonl", global_batch_size=256, num_hard_negatives=1,

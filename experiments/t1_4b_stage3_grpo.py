@@ -37,7 +37,8 @@ def base_config() -> ExperimentConfig:
         model=dataclasses.replace(preset("qwen3-4b-instruct-2507"), remat="full", scan_layers=True,
                                   param_dtype="float32", compute_dtype="bfloat16"),
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
-        text=TextConfig(tokenizer="runs/t1-4b-stage2/model/tokenizer", max_query_tokens=256, max_doc_tokens=512,
+        # text.tokenizer empty: the tokenizer saved with the model (trainer.init_from's tokenizer/ folder)
+        text=TextConfig(tokenizer="", max_query_tokens=256, max_doc_tokens=512,
                         max_reasoning_tokens=512),
         # Two padded lengths (prompts <= 256 -> 256; documents -> 256 or 512): few compiles of the 4B step.
         data=DataConfig(train_path="data/t1_stage3_queries.jsonl", global_batch_size=32, num_hard_negatives=7,

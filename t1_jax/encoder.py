@@ -28,7 +28,7 @@ from t1_jax.config import ExperimentConfig, SamplingConfig, TextConfig
 from t1_jax.mesh import BATCH_AXES, batch_shard_count, use_mesh
 from t1_jax.observe import progress
 from t1_jax.sampler import sample
-from t1_jax.text import Encoded, T1Formatter, batch_encode, load_tokenizer
+from t1_jax.text import TOKENIZER_SUBDIR, Encoded, T1Formatter, batch_encode, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,11 @@ class Encoder:
         source = config_source  # where the decoding settings come from, for the log line
         if config is None:
             config, source = inference_defaults.run_config(model_path)
-        tok_path = tokenizer or (fs.join(model_path, "tokenizer")
-                                 if fs.isdir(fs.join(model_path, "tokenizer")) else config.text.tokenizer)
+        own = fs.join(model_path, TOKENIZER_SUBDIR)
+        tok_path = tokenizer or (own if fs.isdir(own) else config.text.tokenizer)
+        if not tok_path:
+            raise ValueError(f"{model_path} has no {TOKENIZER_SUBDIR}/ folder (converted from an HF folder without "
+                             "tokenizer files?) and no tokenizer was given: pass --tokenizer DIR (or text.tokenizer)")
         text_cfg: TextConfig = dataclasses.replace(config.text, tokenizer=tok_path)
         formatter = T1Formatter(load_tokenizer(tok_path, text_cfg.emb_token), text_cfg)
         # Inference updates nothing: parameters are held in the compute dtype (a trained model's float32 masters are

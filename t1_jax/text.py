@@ -72,21 +72,37 @@ class Encoded:
         return len(self.ids)
 
 
-def load_tokenizer(path_or_id: str, emb_token: str = "<embtoken>"):
-    """A fast HF tokenizer from a folder (tokenizer.json + tokenizer_config.json) or a hub id, with ``emb_token``.
+TOKENIZER_SUBDIR = "tokenizer"  # a model folder's own tokenizer (with <embtoken>): ``<model>/tokenizer``
+# Any of these in a folder means it holds a tokenizer (what transformers reads; T1 needs tokenizer.json in the end).
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
-    ``emb_token`` is added as a special token when the vocabulary lacks it (it then gets the next free id: 151669 for
-    Qwen3). The model's embedding rows are grown by the model code, not here.
-    """
-    from tokenizers import AddedToken
+
+def has_tokenizer(folder: str) -> bool:
+    """Whether ``folder`` holds tokenizer files (``TOKENIZER_MARKERS``)."""
+    from t1_jax import fs
+
+    return any(fs.exists(fs.join(folder, f)) for f in TOKENIZER_MARKERS)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a folder, never a hub id ("org/name"): absolute, relative with ./ or ../, gs://, or
+    more than one "/"."""
+    from t1_jax import fs
+
+    return fs.is_url(name) or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def read_tokenizer(path_or_id: str):
+    """A fast HF tokenizer from a folder (tokenizer.json + tokenizer_config.json) or a hub id, as it is."""
     from transformers import AutoTokenizer
 
     from t1_jax import fs
 
     if not path_or_id:
         raise ValueError("no tokenizer given: set text.tokenizer to a folder with tokenizer.json or a hub id")
-    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if fs.isdir(path_or_id) and not any(fs.exists(fs.join(path_or_id, f)) for f in tokenizer_files):
+    if _looks_like_path(path_or_id) and not fs.exists(path_or_id):
+        raise ValueError(f"tokenizer folder {path_or_id} does not exist")
+    if fs.isdir(path_or_id) and not has_tokenizer(path_or_id):
         found = fs.listdir(path_or_id)  # transformers would answer with advice about sentencepiece
         raise ValueError(f"tokenizer folder {path_or_id} has no tokenizer.json (T1 needs a fast tokenizer: "
                          f"tokenizer.json + tokenizer_config.json); it holds {found[:8] if found else 'nothing'}")
@@ -97,9 +113,34 @@ def load_tokenizer(path_or_id: str, emb_token: str = "<embtoken>"):
         raise ValueError(f"cannot load a tokenizer from {path_or_id!r}: {e}") from e
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer {path_or_id!r} is not a fast (tokenizers-backed) tokenizer; T1 needs one")
-    if emb_token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(emb_token, special=True, normalized=False)], special_tokens=True)
     return tokenizer
+
+
+def add_emb_token(tokenizer, emb_token: str = "<embtoken>") -> bool:
+    """Add ``emb_token`` as a special token when the vocabulary lacks it (it then gets the next free id: 151669 for
+    Qwen3); True when it was added. The model's embedding rows are grown by the model code, not here."""
+    from tokenizers import AddedToken
+
+    if emb_token in tokenizer.get_vocab():
+        return False
+    tokenizer.add_tokens([AddedToken(emb_token, special=True, normalized=False)], special_tokens=True)
+    return True
+
+
+def load_tokenizer(path_or_id: str, emb_token: str = "<embtoken>"):
+    """:func:`read_tokenizer` with ``emb_token`` added (:func:`add_emb_token`)."""
+    tokenizer = read_tokenizer(path_or_id)
+    add_emb_token(tokenizer, emb_token)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, directory: str) -> None:
+    """Write ``tokenizer`` (tokenizer.json, tokenizer_config.json, chat template ...) to ``directory`` (local or
+    gs://); :func:`load_tokenizer` reads it back with the same ids."""
+    from t1_jax import fs
+
+    with fs.local_output_dir(directory) as local_dir:
+        tokenizer.save_pretrained(local_dir)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -145,3 +145,23 @@ def test_stage1_on_gcs_killed_resumed_then_embedded(gcs, tmp_path):
         emb = np.load(f)
     assert emb.shape == (5, 64) and np.isfinite(emb).all()
     assert fs.read_text(f"{ROOT}/emb/docs.ids.txt").split() == [f"d{i}" for i in range(5)]
+
+
+def test_convert_from_and_to_gcs_carries_the_tokenizer(gcs, tmp_path):
+    """`t1 convert hf-to-t1 gs://... gs://...`: the HF folder is staged locally, the model and its tokenizer land on
+    GCS, and a training run from it takes that tokenizer (text.tokenizer empty)."""
+    from tests.model_helpers import save_random_hf
+    from t1_jax.cli import main
+    from t1_jax.config import ExperimentConfig, TrainerConfig
+    from t1_jax.model.params_io import load_config
+    from t1_jax.quickstart.tokenizer import train_tokenizer
+    from t1_jax.stages.build import resolve_tokenizer
+
+    save_random_hf(tmp_path / "hf")
+    train_tokenizer(["alpha beta gamma"] * 4, 300, str(tmp_path / "hf"))  # its <embtoken> is id 3
+    fs.upload_dir(str(tmp_path / "hf"), f"{ROOT}/hf")
+    assert main(["convert", "hf-to-t1", f"{ROOT}/hf", f"{ROOT}/models/tiny"]) == 0
+    assert fs.isfile(f"{ROOT}/models/tiny/tokenizer/tokenizer.json")
+    assert load_config(f"{ROOT}/models/tiny").emb_token_id == 3
+    cfg = resolve_tokenizer(ExperimentConfig(trainer=TrainerConfig(init_from=f"{ROOT}/models/tiny")))
+    assert cfg.text.tokenizer == f"{ROOT}/models/tiny/tokenizer"

@@ -18,6 +18,7 @@ from t1_jax.model import PRESETS, Qwen3, from_hf_config
 from t1_jax.model import safetensors_io as st
 from t1_jax.model.hf import export_hf, import_hf, set_token_row
 from t1_jax.model.params_io import load_model, save_model
+from t1_jax.text import load_tokenizer
 
 TOL = 1e-5
 
@@ -202,6 +203,68 @@ def test_convert_command_round_trip(tmp_path):
     assert cli.main(["convert", "t1-to-hf", str(tmp_path / "t1"), str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").glob("model*")) == ["model.safetensors"]
 
+
+
+def test_convert_without_tokenizer_warns_and_later_commands_ask_for_one(tmp_path, capsys):
+    """An HF folder without tokenizer files converts (one warning line); `t1 train` from it with the 4B experiment's
+    empty text.tokenizer and `t1 embed --checkpoint` on it each fail in one line that names what to give."""
+    save_random_hf(tmp_path / "hf")
+    dst = tmp_path / "t1"
+    (dst / "tokenizer").mkdir(parents=True)  # left by an earlier conversion: removed, it would not match
+    assert cli.main(["convert", "hf-to-t1", str(tmp_path / "hf"), str(dst)]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and f"{tmp_path / 'hf'} has no tokenizer files" in warnings[0]
+    assert "text.tokenizer" in warnings[0] and "--tokenizer" in warnings[0]
+    assert "no tokenizer; no <embtoken>" in err
+    assert not (dst / "tokenizer").exists() and load_model(str(dst)).cfg.emb_token_id is None
+
+    train = ["train", "--config", "experiments/t1_4b_stage1.py", "--workdir", str(tmp_path / "run"), "--set",
+             f"trainer.init_from={dst}", "mesh.fsdp=8"]
+    assert cli.main(train) == 2
+    *logged, err = capsys.readouterr().err.strip().splitlines()  # the error is one line after the log lines
+    assert all(" INFO " in line for line in logged)
+    assert err == (f"t1 train: config error: text.tokenizer is empty and trainer.init_from {dst} has no tokenizer/ "
+                   "folder (converted from an HF folder without tokenizer files?): set text.tokenizer to one")
+    assert cli.main(train + [f"text.tokenizer={tmp_path / 'no-such-tokenizer'}"]) == 1  # named: never replaced
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"t1 train: error: tokenizer folder {tmp_path / 'no-such-tokenizer'} does not exist")
+    assert cli.main(train[:-2] + [f"trainer.init_from={tmp_path / 'nowhere'}", "mesh.fsdp=8"]) == 2
+    assert f"trainer.init_from {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"_id": "d0", "text": "alpha"}\n')
+    assert cli.main(["embed", "--checkpoint", str(dst), "--docs", str(docs), "--out", str(tmp_path / "d.npy")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("t1 embed: error: ") and f"{dst} has no tokenizer/ folder" in err
+    assert "pass --tokenizer DIR" in err
+
+
+def test_convert_keeps_a_trained_embtoken_row(tmp_path, capsys):
+    """A tokenizer that already has <embtoken> (an exported T1 model) keeps the checkpoint's row and records the id;
+    --emb-token-id must agree with the tokenizer."""
+    from t1_jax.quickstart.tokenizer import EMB_TOKEN, train_tokenizer
+
+    hf_model = save_random_hf(tmp_path / "hf")
+    train_tokenizer(["alpha beta gamma"] * 4, 300, str(tmp_path / "hf"))  # <embtoken> is id 3
+    emb_row = hf_model.model.embed_tokens.weight[3].detach().numpy()
+    assert cli.main(["convert", "hf-to-t1", str(tmp_path / "hf"), str(tmp_path / "t1")]) == 0
+    assert "<embtoken> id 3, its trained row kept" in capsys.readouterr().err
+    model = load_model(str(tmp_path / "t1"))
+    assert (model.cfg.emb_token_id, model.cfg.vocab_size) == (3, 512)
+    np.testing.assert_array_equal(np.asarray(model.embed_tokens[...])[3], emb_row)
+    assert load_tokenizer(str(tmp_path / "t1" / "tokenizer")).convert_tokens_to_ids(EMB_TOKEN) == 3
+    # training from it with a tokenizer that puts <embtoken> elsewhere is refused when the model loads
+    from t1_jax.config import ExperimentConfig, TrainerConfig
+    from t1_jax.stages.build import pretrained_loader
+
+    other = ExperimentConfig(model=dataclasses.replace(model.cfg, emb_token_id=4),
+                             trainer=TrainerConfig(init_from=str(tmp_path / "t1")))
+    with pytest.raises(ConfigError, match="was saved with <embtoken> id 3 but the tokenizer .* gives 4"):
+        pretrained_loader(other, None, None)()
+    assert cli.main(["convert", "hf-to-t1", str(tmp_path / "hf"), str(tmp_path / "t2"), "--emb-token-id", "7"]) == 1
+    assert "--emb-token-id 7 differs from the id" in capsys.readouterr().err
 
 def test_presets_match_hf_configs():
     config = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936,

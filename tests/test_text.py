@@ -3,13 +3,14 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
 
 from t1_jax.config import ModelConfig, TextConfig
 from t1_jax.text import (BRIGHT_DOMAINS, DOMAIN_DOC_INSTRUCTIONS, DOMAIN_QUERY_INSTRUCTIONS, T1Formatter,
-                         batch_encode, load_tokenizer, model_config_for_tokenizer, pad_batch)
+                         add_emb_token, batch_encode, load_tokenizer, model_config_for_tokenizer, pad_batch)
 
 QWEN3_EMB_ID = 151669  # first free id after Qwen3's 151,669 tokens
 
@@ -53,13 +54,15 @@ def test_embtoken_gets_the_next_qwen3_id(tok, fmt, qwen_dir, tmp_path):
     tok.save_pretrained(tmp_path)
     again = load_tokenizer(str(tmp_path))
     assert len(again) == len(tok) and again.convert_tokens_to_ids("<embtoken>") == QWEN3_EMB_ID
+    assert add_emb_token(again) is False and add_emb_token(again, "<other>") is True and len(again) == len(tok) + 1
 
 
 def test_load_tokenizer_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="no tokenizer given"):
         load_tokenizer("")
-    with pytest.raises(ValueError, match="cannot load a tokenizer"):
-        load_tokenizer(str(tmp_path / "missing"))
+    for missing in (str(tmp_path / "missing"), "models/qwen3-4b/tokenizer"):  # a path, never looked up on the hub
+        with pytest.raises(ValueError, match=f"^tokenizer folder {re.escape(missing)} does not exist$"):
+            load_tokenizer(missing)
     (tmp_path / "empty").mkdir()  # transformers' own answer was advice about sentencepiece
     with pytest.raises(ValueError, match=r"empty has no tokenizer.json .* it holds nothing"):
         load_tokenizer(str(tmp_path / "empty"))

@@ -10,17 +10,19 @@ HELP = "convert checkpoints: hf-to-t1 (HF safetensors -> orbax) and t1-to-hf (or
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
-    to_t1 = sub.add_parser("hf-to-t1", help="HF folder (config.json + safetensors) -> orbax model checkpoint")
+    to_t1 = sub.add_parser("hf-to-t1", help="HF folder (config.json + safetensors + tokenizer files) -> orbax model "
+                           "folder with its tokenizer (+ <embtoken>) in DST/tokenizer")
     to_t1.add_argument("src", metavar="SRC_DIR")
     to_t1.add_argument("dst", metavar="DST_DIR")
     to_t1.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None,
                        help="store parameters in this dtype (default: the checkpoint's)")
     to_t1.add_argument("--emb-token-id", type=int, default=None,
-                       help="id of the added <embtoken>: its embedding row (and LM-head row) is set to the mean of "
-                            "the real tokens' rows; the vocabulary grows to a multiple of 128 when needed")
+                       help="SRC without tokenizer files: id of <embtoken>, whose embedding row (and LM-head row) is "
+                            "set to the mean of the real tokens' rows (the vocabulary grows to a multiple of 128 when "
+                            "needed). With a tokenizer the id is the tokenizer's (this flag, if given, must agree)")
     to_t1.add_argument("--real-vocab", type=int, default=None,
-                       help="number of real (trained) token rows averaged for --emb-token-id "
-                            "(default: min(emb token id, vocab size))")
+                       help="number of real (trained) token rows averaged for <embtoken> (default: the tokenizer's "
+                            "size before <embtoken>; without a tokenizer min(--emb-token-id, vocab size))")
     to_hf = sub.add_parser("t1-to-hf", help="orbax model checkpoint -> HF folder that transformers loads")
     to_hf.add_argument("src", metavar="SRC_DIR")
     to_hf.add_argument("dst", metavar="DST_DIR")
@@ -38,17 +40,15 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     if args.direction == "hf-to-t1":
-        from t1_jax.model.hf import import_hf, set_token_row
-        from t1_jax.model.params_io import save_model
+        from t1_jax.model.hf_import import hf_to_t1
 
-        overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
-        with fs.local_copy(args.src) as src:  # safetensors are memory-mapped: a gs:// folder is downloaded first
-            model = import_hf(src, cfg_overrides=overrides)
-        if args.emb_token_id is not None:
-            real = args.real_vocab or min(args.emb_token_id, model.cfg.vocab_size)
-            set_token_row(model, args.emb_token_id, real)
-        save_model(args.dst, model)
-        what = f"{args.src} -> {args.dst} (orbax, {model.cfg.param_dtype})"
+        imported = hf_to_t1(args.src, args.dst, param_dtype=args.param_dtype, emb_token_id=args.emb_token_id,
+                            real_vocab=args.real_vocab)
+        cfg, averaged = imported.cfg, imported.row_from_mean_of
+        token = ("no <embtoken>" if cfg.emb_token_id is None else f"<embtoken> id {cfg.emb_token_id}, " +
+                 (f"row = mean of {averaged} rows" if averaged else "its trained row kept"))
+        carried = f"tokenizer in {imported.tokenizer}" if imported.tokenizer else "no tokenizer"
+        what = f"{args.src} -> {args.dst} (orbax, {cfg.param_dtype}; {carried}; {token})"
     else:
         from t1_jax.model.hf import export_hf
         from t1_jax.model.params_io import load_model
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             export_hf(model, dst, tokenizer_dir=tokenizer or None, dtype=dtype,
                       max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
         what = f"{args.src} ({model.cfg.param_dtype}) -> {args.dst} (HF safetensors, {dtype})"
-    cfg = model.cfg
+        cfg = model.cfg
     print(f"converted {what}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
           f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
     return 0

@@ -43,6 +43,27 @@ def model_dir(path: str) -> str:
     return candidate if fs.isdir(candidate) else path
 
 
+def resolve_tokenizer(cfg: ExperimentConfig) -> ExperimentConfig:
+    """An empty ``text.tokenizer`` means the tokenizer saved with ``trainer.init_from``'s model (``<model>/tokenizer``:
+    written by ``t1 convert hf-to-t1`` and by every finished stage); a named one is used as it is."""
+    from t1_jax.text import TOKENIZER_SUBDIR
+
+    if cfg.text.tokenizer:
+        return cfg
+    if not cfg.trainer.init_from:
+        raise ConfigError("text.tokenizer is empty and there is no trainer.init_from to take the tokenizer from: set "
+                          "text.tokenizer to a tokenizer folder")
+    if not fs.exists(cfg.trainer.init_from):
+        raise ConfigError(f"trainer.init_from {cfg.trainer.init_from} does not exist")
+    source = model_dir(cfg.trainer.init_from)
+    tokenizer = fs.join(source, TOKENIZER_SUBDIR)
+    if not fs.isdir(tokenizer):
+        raise ConfigError(f"text.tokenizer is empty and trainer.init_from {source} has no {TOKENIZER_SUBDIR}/ folder "
+                          "(converted from an HF folder without tokenizer files?): set text.tokenizer to one")
+    log.info("text.tokenizer: %s (saved with trainer.init_from)", tokenizer)
+    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, tokenizer=tokenizer))
+
+
 def pretrained_loader(cfg: ExperimentConfig, mesh, formatter, param_dtype: Optional[str] = None
                       ) -> Optional[Callable]:
     """``trainer.init_from`` loaded as parameters in ``param_dtype`` (default ``model.param_dtype``: the float32
@@ -63,7 +84,11 @@ def pretrained_loader(cfg: ExperimentConfig, mesh, formatter, param_dtype: Optio
             raise ConfigError(f"trainer.init_from {source} holds a model of {loaded.num_layers} layers x "
                               f"{loaded.hidden_size} wide, but the config asks for {cfg.model.num_layers} x "
                               f"{cfg.model.hidden_size}")
-        if loaded.emb_token_id is None:  # a fresh HF import: give <embtoken> a sensible row
+        if loaded.emb_token_id not in (None, cfg.model.emb_token_id):
+            raise ConfigError(f"trainer.init_from {source} was saved with {cfg.text.emb_token} id "
+                              f"{loaded.emb_token_id} but the tokenizer (text.tokenizer={cfg.text.tokenizer!r}) "
+                              f"gives {cfg.model.emb_token_id}: use the tokenizer saved with the model")
+        if loaded.emb_token_id is None:  # an HF import without a tokenizer: give <embtoken> a sensible row
             emb_id = cfg.model.emb_token_id
             model = set_token_row(model, emb_id, n_real_tokens=len(formatter.tokenizer) - 1)
             log.info("initialised the %s row (id %d) as the mean of the real token rows", cfg.text.emb_token, emb_id)
@@ -160,14 +185,13 @@ STAGE_BUILDERS: dict[str, Callable[..., TrainStage]] = {
 
 def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
     """Validate, build the stage named by ``trainer.stage``, train (resuming), and save the final model."""
-    from t1_jax.text import formatter_from_config
+    from t1_jax.text import TOKENIZER_SUBDIR, formatter_from_config, save_tokenizer
 
     distributed.initialize(cfg.mesh)
     config_lib.validate(cfg, device_count=jax.device_count(), training=True)
     if cfg.trainer.stage not in STAGE_BUILDERS:
         raise ConfigError(f"trainer.stage {cfg.trainer.stage!r} has no builder; known: {sorted(STAGE_BUILDERS)}")
-    if not cfg.text.tokenizer:
-        raise ConfigError("text.tokenizer is empty: set it to a tokenizer folder (e.g. the one saved with the model)")
+    cfg = resolve_tokenizer(cfg)
     formatter = formatter_from_config(cfg.text)
     cfg = resolve_model_config(cfg, formatter)
     mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -186,8 +210,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
         if jax.process_index() == 0:  # a shared path: one writer
             from t1_jax import inference_defaults
 
-            with fs.local_output_dir(fs.join(out, "tokenizer")) as tokenizer_dir:
-                formatter.tokenizer.save_pretrained(tokenizer_dir)
+            save_tokenizer(formatter.tokenizer, fs.join(out, TOKENIZER_SUBDIR))
             inference_defaults.write(out, cfg)  # greedy, this stage's reasoning budget: not the training sampling
         log.info("finished %s: model saved to %s", stage.name, out)
     return state
