@@ -47,7 +47,7 @@ def pytest_configure(config):
 # per-worker scheduling the short files fill in around them instead of one long file running alone at the end.
 # Longest first (whole-file times on a 2-core host with two workers: about 200, 150, 115 (the README run), 95, 85,
 # 55-80 s each for the rest), so that the greedy file-at-a-time assignment leaves no long file alone at the end.
-LONG_FIRST = ("test_precision.py", "test_trainer.py", "test_readme_typical_run.py", "test_multihost.py", "test_gcs.py",
+LONG_FIRST = ("test_precision.py", "test_trainer.py", "test_multihost.py", "test_gcs.py",
               "test_quickstart_e2e.py", "test_compile_check.py", "test_grpo_stage.py", "test_contrastive_stage.py",
               "test_resume_check.py")
 

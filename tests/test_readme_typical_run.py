@@ -8,6 +8,7 @@ import pathlib
 import shlex
 
 import numpy as np
+import pytest
 
 from tests.model_helpers import save_random_hf
 from t1_jax import cli
@@ -79,6 +80,7 @@ def _localised(argv: list[str], places: dict[str, str], root: pathlib.Path) -> l
     return out
 
 
+@pytest.mark.slow  # ~115 s on an idle 2-core host: over what the 15-minute CI budget has left; run with -m slow
 def test_readme_typical_run_end_to_end(tmp_path, capsys):
     commands = readme_commands()
     assert [c[:2] for c in commands] == [["t1", "convert"], ["t1", "train"], ["t1", "train"], ["t1", "train"],
