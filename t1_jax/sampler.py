@@ -9,6 +9,11 @@ Two compiled programs per (batch, prompt length): ``_prefill`` (creates the cach
 (the loop), which takes the cache as a donated argument so XLA updates it in place. Sampling settings, the budget and
 the special ids are static, so repeated calls with the same shapes never recompile.
 
+Decode layout (:func:`decode_layout`): on TPU/GPU the layers stay stacked and scanned. On CPU each call first splits
+the stacked layer weights into one array per layer (``t1_jax.model.qwen3.split_layers``: one copy of the layer
+weights per call, held for the call) and the cache is per layer, so a decode step reads every weight once where it
+lies; slicing a stacked array inside the loop copies it on every step (docs/benchmarks.md, "Decode").
+
 Log-probabilities (``Rollout.logprobs_bt``) are those of the distribution each token was drawn from: softmax of
 ``logits / temperature`` after top-k/top-p truncation (renormalised). Greedy decoding (temperature 0) reports the
 model's own distribution (temperature 1). A forced ``<embtoken>`` (budget, or after EOS) was not drawn; it reports its
@@ -29,6 +34,8 @@ from jax.sharding import Mesh
 from t1_jax.config import ConfigError, SamplingConfig
 from t1_jax.mesh import active_mesh, constrain, use_mesh
 from t1_jax.model.cache import init_cache
+from t1_jax.model.precision import target_platform
+from t1_jax.model.qwen3 import split_layers
 
 PAD_ID = 0  # token written after a sequence has finished
 
@@ -106,15 +113,29 @@ def choose_tokens(logits_bv: jax.Array, key: jax.Array, s: SamplingConfig) -> tu
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def decode_layout(mesh: Optional[Mesh]) -> bool:
+    """True when decoding should use per-layer weights and cache (CPU); False: stacked, scanned (TPU, GPU)."""
+    with use_mesh(mesh):
+        return target_platform() == "cpu"
+
+
+def layer_weights(graphdef, params, mesh: Optional[Mesh]):
+    """Per-layer weights for the CPU decode layout, else None (the stacked ones are used)."""
+    if not decode_layout(mesh):
+        return None
+    with use_mesh(mesh):
+        return split_layers(graphdef, params)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "mesh"))
-def _prefill(graphdef, params, ids_bt, valid_bt, *, cache_len: int, mesh: Optional[Mesh]):
+def _prefill(graphdef, params, layers, ids_bt, valid_bt, *, cache_len: int, mesh: Optional[Mesh]):
     with use_mesh(mesh):
         model = nnx.merge(graphdef, params)
         b, t = ids_bt.shape
         valid_bt = constrain(valid_bt.astype(bool), ("batch", "length"))
         ids_bt = constrain(ids_bt.astype(jnp.int32), ("batch", "length"))
-        cache = init_cache(model.cfg, b, cache_len)
-        hidden_btd, cache = model(ids_bt, positions_from_valid(valid_bt), valid_bt, cache)
+        cache = init_cache(model.cfg, b, cache_len, per_layer=layers is not None)
+        hidden_btd, cache = model(ids_bt, positions_from_valid(valid_bt), valid_bt, cache, layers=layers)
         last_b = t - 1 - jnp.argmax(valid_bt[:, ::-1], axis=-1)  # the last real token, left or right padded
         h_bd = jnp.take_along_axis(hidden_btd, last_b[:, None, None], axis=1)[:, 0]
         logits_bv = constrain(model.logits(h_bd), ("batch", "vocab"))
@@ -124,7 +145,7 @@ def _prefill(graphdef, params, ids_bt, valid_bt, *, cache_len: int, mesh: Option
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "n_new", "normalize", "mesh"),
                    donate_argnames=("cache",))
-def _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, emb_id, eos_v, *, settings: SamplingConfig,
+def _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, rng, emb_id, eos_v, *, settings: SamplingConfig,
             n_new: int, normalize: bool, mesh: Optional[Mesh]):
     with use_mesh(mesh):
         model = nnx.merge(graphdef, params)
@@ -156,7 +177,8 @@ def _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, emb_id, eos_v
             is_emb_b = active_b & (token_b == emb_id)
             is_eos_b = active_b & ~force_b & jnp.any(token_b[:, None] == eos_v[None, :], axis=-1)
             # Feed this step's token (finished rows feed padding marked invalid, which no later token attends to).
-            hidden_b1d, cache = model(token_b[:, None], (prompt_len_b + i)[:, None], active_b[:, None], c["cache"])
+            hidden_b1d, cache = model(token_b[:, None], (prompt_len_b + i)[:, None], active_b[:, None], c["cache"],
+                                      layers=layers)
             h_bd = hidden_b1d[:, 0]
             return dict(
                 i=i + 1, cache=cache, logits=constrain(model.logits(h_bd), ("batch", "vocab")),
@@ -202,12 +224,13 @@ def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingC
         raise ValueError(f"<embtoken> id {emb_token_id} is also an end-of-sequence id")
     mesh = active_mesh() if mesh is None else mesh
     settings = _static_settings(float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
-    cache, logits_bv, prompt_len_b = _prefill(graphdef, params, prompt_ids_bt, prompt_valid_bt,
+    layers = layer_weights(graphdef, params, mesh)
+    cache, logits_bv, prompt_len_b = _prefill(graphdef, params, layers, prompt_ids_bt, prompt_valid_bt,
                                               cache_len=prompt_ids_bt.shape[1] + n_new + 1, mesh=mesh)
     # The special ids are traced (not static): changing them never recompiles. -1 pads the EOS list (never a token).
     width = max(4, -(-len(eos) // 4) * 4)
     eos_v = jnp.asarray(eos + (-1,) * (width - len(eos)), jnp.int32)
-    rollout, _ = _decode(graphdef, params, cache, logits_bv, prompt_len_b, rng, jnp.int32(emb_token_id), eos_v,
+    rollout, _ = _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, rng, jnp.int32(emb_token_id), eos_v,
                          settings=settings, n_new=n_new, normalize=bool(normalize), mesh=mesh)
     return rollout
 

@@ -13,6 +13,7 @@ from tests.model_helpers import padded_batch, rel_err
 from t1_jax.config import MeshConfig
 from t1_jax.mesh import make_mesh, use_mesh
 from t1_jax.model import PRESETS, Qwen3, cache_shardings, init_cache, param_shardings, shard_model
+from t1_jax.model.qwen3 import split_layers
 
 TOL = 1e-5
 CFG = dataclasses.replace(PRESETS["tiny"], num_layers=3, num_heads=4, num_kv_heads=2)
@@ -51,6 +52,39 @@ def test_cache_decoding_matches_full_forward(left):
     full_tokens = np.stack([np.pad(x, (0, total - len(x))) for x in texts]).astype(np.int32)
     full_mask = np.stack([np.arange(total) < len(x) for x in texts])
     full = np.asarray(step(state, full_tokens, np.tile(np.arange(total), (3, 1)), full_mask, None)[0])
+    for i, n in enumerate(prompt_lengths):
+        assert rel_err(np.stack(decoded[i]), full[i, n - 1:len(texts[i])]) <= TOL
+
+
+def test_per_row_write_index_per_layer_cache_matches_full_forward():
+    """Continuous-batching cache semantics: per-layer cache, right-padded prefill, then each row's next token is
+    written right after its own prompt (per-row index = prompt length, overwriting its padding slots) with per-layer
+    weights from split_layers; every step equals the full forward over the unpadded text."""
+    model = _model()
+    graphdef, state = nnx.split(model)
+    layers = split_layers(graphdef, state)
+    rng = np.random.default_rng(2)
+    prompt_lengths, prefill_len, steps = [5, 2, 4], 5, 4
+    texts = [rng.integers(1, CFG.vocab_size, n + steps) for n in prompt_lengths]
+    tokens, positions, mask = (np.array(a) for a in padded_batch(CFG.vocab_size, prompt_lengths, prefill_len,
+                                                                  left=False))
+    for i, n in enumerate(prompt_lengths):
+        tokens[i, :n] = texts[i][:n]
+    step = jax.jit(lambda s, ls, t, p, m, c: nnx.merge(graphdef, s)(t, p, m, c, layers=ls))
+    cache = init_cache(CFG, batch=3, max_len=prefill_len + steps, per_layer=True, per_row_index=True)
+    hidden, cache = step(state, layers, tokens, positions, mask, cache)
+    assert cache.per_layer and cache.index.tolist() == [prefill_len] * 3
+    cache = cache.replace(index=jnp.asarray(prompt_lengths, jnp.int32))
+    decoded = [[np.asarray(hidden[i, n - 1])] for i, n in enumerate(prompt_lengths)]
+    for k in range(steps):
+        new_tok = np.array([[texts[i][n + k]] for i, n in enumerate(prompt_lengths)], np.int32)
+        new_pos = np.array([[n + k] for n in prompt_lengths], np.int32)
+        hidden, cache = step(state, layers, new_tok, new_pos, np.ones((3, 1), bool), cache)
+        for i in range(3):
+            decoded[i].append(np.asarray(hidden[i, 0]))
+    assert cache.index.tolist() == [n + steps for n in prompt_lengths]
+    full = np.asarray(model(np.stack([np.pad(x, (0, 9 - len(x))) for x in texts]).astype(np.int32),
+                            np.tile(np.arange(9), (3, 1)), np.stack([np.arange(9) < len(x) for x in texts]))[0])
     for i, n in enumerate(prompt_lengths):
         assert rel_err(np.stack(decoded[i]), full[i, n - 1:len(texts[i])]) <= TOL
 
@@ -134,22 +168,30 @@ def test_sharded_forward_equals_unsharded():
     assert "sharding" in fn.lower(state, tokens, positions, mask).as_text()
 
 
-def test_sharded_cache_decode_and_shard_model():
+@pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "per_layer"])
+def test_sharded_cache_decode_and_shard_model(per_layer):
     cfg = CFG
     model = shard_model(_model(cfg), make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)))
     mesh = model.embed_tokens[...].sharding.mesh
     assert model.embed_tokens[...].sharding.spec == P("tensor", "fsdp")
     tokens, positions, mask = padded_batch(cfg.vocab_size, [4, 2, 3, 4], 4, left=True)
     ref_hidden, _ = _model(cfg)(tokens, positions, mask)
-    cache = init_cache(cfg, batch=4, max_len=6, mesh=mesh)
-    assert cache.k.sharding.spec == P(None, ("data", "fsdp"), None, "tensor", None)
+    cache = init_cache(cfg, batch=4, max_len=6, mesh=mesh, per_layer=per_layer)
+    layer_spec = P(("data", "fsdp"), "tensor", None, None)
+    if per_layer:
+        assert len(cache.k) == cfg.num_layers and all(k.sharding.spec == layer_spec for k in cache.k)
+    else:
+        assert cache.k.sharding.spec == P(None, *layer_spec)
     graphdef, state = nnx.split(model)
+    layers = split_layers(graphdef, state) if per_layer else None
 
     @jax.jit
-    def prefill(state, cache):
+    def prefill(state, layers, cache):
         with use_mesh(mesh):
-            return nnx.merge(graphdef, state)(tokens, positions, mask, cache)
+            return nnx.merge(graphdef, state)(tokens, positions, mask, cache, layers=layers)
 
-    hidden, cache = prefill(state, cache)
-    assert cache.k.sharding.is_equivalent_to(cache_shardings(mesh).k, cache.k.ndim)
+    hidden, cache = prefill(state, layers, cache)
+    expected = cache_shardings(mesh, per_layer=per_layer, num_layers=cfg.num_layers).k
+    for got, want in zip(jax.tree.leaves(cache.k), jax.tree.leaves(expected)):
+        assert got.sharding.is_equivalent_to(want, got.ndim)
     assert rel_err(np.asarray(hidden)[mask], np.asarray(ref_hidden)[mask]) <= TOL

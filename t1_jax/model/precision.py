@@ -12,13 +12,24 @@ float32 accumulation, the input gradient comes back in the compute dtype, and th
 directly in float32 (``preferred_element_type``), so every reduction of it (over the batch, the micro-batches, the
 devices) happens in float32. ``tests/test_precision.py`` checks the gradients against a float64 computation and the
 dtype of every gradient reduction in a compiled TPU step.
+
+Few-row products on CPU (decode steps: a handful of tokens against a whole weight matrix) are written as a fused
+multiply-and-reduce instead of a dot: XLA's CPU dot for 2-16 rows runs at a third of the memory bandwidth, while the
+fused reduction reads each weight once at close to it (docs/benchmarks.md, "Decode"). TPU and GPU keep the dot.
 """
 from __future__ import annotations
 
 import functools
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+from t1_jax.mesh import active_mesh
+
+# Row counts (product of the activation's non-contracted dims) for which a CPU product is a multiply-and-reduce.
+FEW_ROWS = range(2, 17)
 
 
 def _parse(spec: str) -> tuple[str, str, str]:
@@ -49,6 +60,46 @@ def _mixed_bwd(spec, out_dtype, residuals, g):
 _mixed_einsum.defvjp(_mixed_fwd, _mixed_bwd)
 
 
+def target_platform() -> str:
+    """The platform the traced program will run on: the active mesh's devices, else the default backend."""
+    mesh = active_mesh()
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
+def _contracted_suffix(spec: str) -> int:
+    """How many trailing dims of ``x`` and ``w`` are contracted when the spec reads ``R C, O C -> R O`` (else 0)."""
+    xs, ws, os_ = _parse(spec)
+    contracted = "".join(c for c in ws if c in xs and c not in os_)
+    if not contracted or not (xs.endswith(contracted) and ws.endswith(contracted)):
+        return 0
+    rows, outs = xs[:-len(contracted)], ws[:-len(contracted)]
+    return len(contracted) if os_ == rows + outs else 0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _few_rows_einsum(spec: str, x, w, out_dtype):
+    """``einsum(spec, x, w)`` (spec ``R C, O C -> R O``) as one fused float32 multiply-and-reduce over ``C``: each
+    weight is read once. The weight is rounded to ``x``'s dtype first, as in the dot. Gradients: as the dot's."""
+    n_contracted = _contracted_suffix(spec)
+    rows, outs = x.shape[:x.ndim - n_contracted], w.shape[:w.ndim - n_contracted]
+    c = math.prod(x.shape[x.ndim - n_contracted:])
+    w_nc = w.astype(x.dtype).reshape(-1, c).astype(jnp.float32)
+    # Tie x to this weight (adding 0 * one of its entries, which XLA does not fold): without it, two products of the
+    # same x with same-shaped weights (k and v) share one broadcast x, which XLA then writes to memory as an [M, N, C]
+    # array (M times the weight's bytes) instead of fusing it into each reduction.
+    x_mc = x.reshape(-1, c).astype(jnp.float32) + 0.0 * w_nc[0, 0]
+    # Weight first: XLA's CPU pipeline hands this order to its fused (YNNPACK) reduction at ~2x the speed of the other.
+    out_mn = jnp.sum(w_nc[None, :, :] * x_mc[:, None, :], axis=-1)
+    return out_mn.reshape(*rows, *outs).astype(out_dtype)
+
+
+def _few_rows_fwd(spec, x, w, out_dtype):
+    return _few_rows_einsum(spec, x, w, out_dtype), (x, w)
+
+
+_few_rows_einsum.defvjp(_few_rows_fwd, _mixed_bwd)
+
+
 def weight_einsum(spec: str, x, w, out_dtype=None):
     """``einsum(spec, x, w)`` in ``x``'s dtype with float32 accumulation, for an activation ``x`` and a weight ``w``.
 
@@ -58,6 +109,10 @@ def weight_einsum(spec: str, x, w, out_dtype=None):
     ``out_dtype`` defaults to ``x``'s dtype (the LM head asks for float32 logits).
     """
     out_dtype = jnp.dtype(out_dtype or x.dtype)
+    n_contracted = _contracted_suffix(spec)
+    if (n_contracted and math.prod(x.shape[:x.ndim - n_contracted]) in FEW_ROWS
+            and target_platform() == "cpu"):
+        return _few_rows_einsum(spec, x, w, out_dtype)
     if jnp.dtype(w.dtype) == jnp.dtype(x.dtype):  # one dtype: the plain product (its gradient is already exact)
         return jnp.einsum(spec, x, w, preferred_element_type=None if out_dtype == x.dtype else out_dtype)
     return _mixed_einsum(spec, x, w, out_dtype)

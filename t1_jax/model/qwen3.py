@@ -13,7 +13,7 @@ Layout choices (see docs/model.md):
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from flax import nnx
 
 from t1_jax.config import ConfigError, ModelConfig, dtype as to_dtype
 from t1_jax.mesh import constrain
-from t1_jax.model.cache import KVCache, constrain_cache
+from t1_jax.model.cache import KVCache, constrain_cache, write_slots
 from t1_jax.model.precision import weight_einsum
 
 # Per-layer parameters: name -> (logical axes without the leading "layers" axis). Shapes come from layer_shapes().
@@ -114,18 +114,19 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
     return x_btnh * cos + rotated * sin
 
 
-def attention(q_btnh, k_bskh, v_bskh, allowed_bts, compute_dtype):
+def attention(q_btnh, k_bksh, v_bksh, allowed_bts, compute_dtype):
     """Grouped-query attention: query heads grouped per KV head, K/V never repeated. Softmax in float32.
 
-    The group axis is folded into the query-length axis (``m = g * t``) so both contractions are plain batched
-    matmuls over ``(b, k)``; on CPU this is ~1.7x faster than contracting a 5-D ``btkgh`` layout directly.
+    Keys/values come ``[b, k, s, h]`` (the cache layout). The group axis is folded into the query-length axis
+    (``m = g * t``) so both contractions are plain batched matmuls over ``(b, k)``; on CPU this is ~1.7x faster than
+    contracting a 5-D ``btkgh`` layout directly.
     """
     b, t, n, h = q_btnh.shape
-    kv, s = k_bskh.shape[2], k_bskh.shape[1]
+    kv, s = k_bksh.shape[1], k_bksh.shape[2]
     g = n // kv
     q_bkmh = q_btnh.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, h)
-    k_bksh = k_bskh.transpose(0, 2, 1, 3)
-    v_bksh = v_bskh.astype(compute_dtype).transpose(0, 2, 1, 3)
+    k_bksh = k_bksh.astype(compute_dtype)
+    v_bksh = v_bksh.astype(compute_dtype)
     scores = jnp.einsum("bkmh,bksh->bkms", q_bkmh, k_bksh, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, kv, g, t, s) * (h ** -0.5)
     scores = jnp.where(allowed_bts[:, None, None, :, :], scores, _MASKED)
@@ -134,28 +135,27 @@ def attention(q_btnh, k_bskh, v_bskh, allowed_bts, compute_dtype):
     return out_bkmh.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
-def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv_bskh=None):
+def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv=None):
     """One pre-norm decoder layer. ``p``: this layer's arrays in the master dtype (each matmul casts its weight to the
-    compute dtype, ``t1_jax.model.precision``). ``kv_bskh``: (cache k, cache v, write index) or None.
+    compute dtype, ``t1_jax.model.precision``). ``kv``: (cache k ``[B, K, S, H]``, cache v, write index) or None.
 
-    Returns the new residual stream and the (possibly updated) per-layer cache keys/values.
+    Returns the new residual stream and the (possibly updated) layer cache keys/values.
     """
-    cdt = to_dtype(cfg.compute_dtype)
     h_btd = rms_norm(x_btd, p["attn_norm"], cfg.rms_norm_eps)
     q = constrain(weight_einsum("btd,nhd->btnh", h_btd, p["q_proj"]), BTNH)
     k = constrain(weight_einsum("btd,khd->btkh", h_btd, p["k_proj"]), BTKH)
     v = constrain(weight_einsum("btd,khd->btkh", h_btd, p["v_proj"]), BTKH)
     q = apply_rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), cos, sin)
-    k = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin)
-    if kv_bskh is not None:
-        cache_k, cache_v, index = kv_bskh
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
-        k, v = cache_k.astype(cdt), cache_v.astype(cdt)
-        new_kv = (cache_k, cache_v)
+    k_bkth = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin).transpose(0, 2, 1, 3)
+    v_bkth = v.transpose(0, 2, 1, 3)
+    if kv is not None:
+        cache_k, cache_v, index = kv
+        cache_k = write_slots(cache_k, k_bkth, index, axis=2)
+        cache_v = write_slots(cache_v, v_bkth, index, axis=2)
+        k_bksh, v_bksh, new_kv = cache_k, cache_v, (cache_k, cache_v)
     else:
-        new_kv = None
-    out = constrain(attention(q, k, v, allowed_bts, cdt), BTNH)
+        k_bksh, v_bksh, new_kv = k_bkth, v_bkth, None
+    out = constrain(attention(q, k_bksh, v_bksh, allowed_bts, to_dtype(cfg.compute_dtype)), BTNH)
     x_btd = constrain(x_btd + weight_einsum("btnh,dnh->btd", out, p["o_proj"]), BTD)
     h_btd = rms_norm(x_btd, p["mlp_norm"], cfg.rms_norm_eps)
     gate = constrain(weight_einsum("btd,fd->btf", h_btd, p["gate_proj"]), BTF)
@@ -193,20 +193,27 @@ class Qwen3(nnx.Module):
         return weight_einsum("...d,vd->...v", hidden_xd.astype(cdt), table_vd, out_dtype=jnp.float32)
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_bt: jax.Array,
-                 cache: Optional[KVCache] = None) -> tuple[jax.Array, Optional[KVCache]]:
+                 cache: Optional[KVCache] = None, layers: Optional[Sequence[dict]] = None
+                 ) -> tuple[jax.Array, Optional[KVCache]]:
+        """Final-normed hidden states ``[B, T, D]`` (and the updated cache when one is given).
+
+        ``layers``: optional per-layer parameter dicts (:func:`split_layers`) used instead of slicing the stacked
+        ones; the layer loop is then unrolled (the CPU decode path, see ``t1_jax.model.cache``).
+        """
         cfg = self.cfg
         b, t = tokens_bt.shape
         mask_bt = mask_bt.astype(bool)
         x_btd = constrain(self.embed(tokens_bt), BTD)
         cos, sin = rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
         if cache is None:
-            key_valid_bs, q_slot, k_slot = mask_bt, jnp.arange(t), jnp.arange(t)
+            key_valid_bs, q_slot_bt, k_slot = mask_bt, jnp.arange(t)[None], jnp.arange(t)
         else:
             cache = constrain_cache(cache)
-            key_valid_bs = jax.lax.dynamic_update_slice(cache.valid, mask_bt, (0, cache.index))
-            q_slot, k_slot = cache.index + jnp.arange(t), jnp.arange(cache.max_len)
-        allowed_bts = key_valid_bs[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])
-        params = self.layers.arrays()
+            key_valid_bs = write_slots(cache.valid, mask_bt, cache.index, axis=1)
+            index = cache.index[:, None] if cache.index.ndim else cache.index
+            q_slot_bt, k_slot = index + jnp.arange(t)[None], jnp.arange(cache.max_len)
+        allowed_bts = key_valid_bs[:, None, :] & (k_slot[None, None, :] <= q_slot_bt[:, :, None])
+        params = self.layers.arrays() if layers is None else None
 
         def body(x, p, kv):
             return decoder_layer(cfg, x, p, cos, sin, allowed_bts, kv)
@@ -215,22 +222,38 @@ class Qwen3(nnx.Module):
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=policy, prevent_cse=not cfg.scan_layers)
 
+        def layer_params(i):
+            return layers[i] if layers is not None else jax.tree.map(lambda a: a[i], params)
+
         if cache is None:
-            x_btd = self._run_layers_no_cache(body, x_btd, params)
+            x_btd = self._run_layers_no_cache(body, x_btd, params, layer_params)
+        elif cache.per_layer:
+            x_btd, cache = self._run_layers_per_layer_cache(body, x_btd, layer_params, cache, key_valid_bs, t)
         else:
-            x_btd, cache = self._run_layers_cache(body, x_btd, params, cache, key_valid_bs, t)
+            if layers is not None:
+                raise ValueError("per-layer parameters need the per-layer cache layout (init_cache(per_layer=True))")
+            x_btd, cache = self._run_layers_stacked_cache(body, x_btd, params, cache, key_valid_bs, t)
         hidden = rms_norm(x_btd, self.final_norm[...], cfg.rms_norm_eps)
         return constrain(hidden, BTD), cache
 
-    def _run_layers_no_cache(self, body, x_btd, params):
-        if self.cfg.scan_layers:
+    def _run_layers_no_cache(self, body, x_btd, params, layer_params):
+        if self.cfg.scan_layers and params is not None:
             x_btd, _ = jax.lax.scan(lambda x, p: (body(x, p, None)[0], None), x_btd, params)
             return x_btd
         for layer in range(self.cfg.num_layers):
-            x_btd = body(x_btd, jax.tree.map(lambda a: a[layer], params), None)[0]
+            x_btd = body(x_btd, layer_params(layer), None)[0]
         return x_btd
 
-    def _run_layers_cache(self, body, x_btd, params, cache: KVCache, key_valid_bs, t: int):
+    def _run_layers_per_layer_cache(self, body, x_btd, layer_params, cache: KVCache, key_valid_bs, t: int):
+        ks, vs = [], []
+        for layer in range(self.cfg.num_layers):
+            x_btd, (k_l, v_l) = body(x_btd, layer_params(layer), (cache.k[layer], cache.v[layer], cache.index))
+            ks.append(k_l)
+            vs.append(v_l)
+        new_cache = KVCache(k=tuple(ks), v=tuple(vs), valid=key_valid_bs, index=(cache.index + t).astype(jnp.int32))
+        return x_btd, constrain_cache(new_cache)
+
+    def _run_layers_stacked_cache(self, body, x_btd, params, cache: KVCache, key_valid_bs, t: int):
         index = cache.index
 
         def step(carry, xs):
@@ -239,11 +262,14 @@ class Qwen3(nnx.Module):
             k_l = jax.lax.dynamic_index_in_dim(k_all, layer, axis=0, keepdims=False)
             v_l = jax.lax.dynamic_index_in_dim(v_all, layer, axis=0, keepdims=False)
             x, (k_l, v_l) = body(x, p, (k_l, v_l, index))
-            # Write back only this step's t new slots (an in-place update inside decode loops).
-            new_k = jax.lax.dynamic_slice_in_dim(k_l, index, t, axis=1)[None]
-            new_v = jax.lax.dynamic_slice_in_dim(v_l, index, t, axis=1)[None]
-            k_all = jax.lax.dynamic_update_slice(k_all, new_k, (layer, 0, index, 0, 0))
-            v_all = jax.lax.dynamic_update_slice(v_all, new_v, (layer, 0, index, 0, 0))
+            if index.ndim == 0:  # write back only this step's t new slots (an in-place update inside decode loops)
+                k_l = jax.lax.dynamic_slice_in_dim(k_l, index, t, axis=2)
+                v_l = jax.lax.dynamic_slice_in_dim(v_l, index, t, axis=2)
+                start = (layer, 0, 0, index, 0)
+            else:
+                start = (layer, 0, 0, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k_l[None], start)
+            v_all = jax.lax.dynamic_update_slice(v_all, v_l[None], start)
             return (x, k_all, v_all), None
 
         carry = (x_btd, cache.k, cache.v)
@@ -256,6 +282,15 @@ class Qwen3(nnx.Module):
         x_btd, k_all, v_all = carry
         new_cache = KVCache(k=k_all, v=v_all, valid=key_valid_bs, index=(index + t).astype(jnp.int32))
         return x_btd, constrain_cache(new_cache)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def split_layers(graphdef, params) -> tuple[dict, ...]:
+    """The stacked layer parameters as one dict of arrays per layer (one copy, made once per decode call), so an
+    unrolled decode step reads each layer's weights where they lie instead of slicing (copying) them every step."""
+    arrays = nnx.merge(graphdef, params).layers.arrays()
+    n = next(iter(arrays.values())).shape[0]
+    return tuple({name: a[i] for name, a in arrays.items()} for i in range(n))
 
 
 def abstract_model(cfg: ModelConfig) -> Qwen3:
