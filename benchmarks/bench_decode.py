@@ -1,9 +1,15 @@
-"""Greedy decode throughput: t1_jax's jitted KV-cache sampler vs transformers ``generate`` on the same random model.
+"""Greedy decode: t1_jax's jitted KV-cache sampler vs transformers ``generate``, and both against the memory roofline.
 
-Both run float32 on CPU, the same batch of random prompts, the same number of new tokens (generation is kept from
-stopping early on either side: transformers gets an EOS id that never comes up, ours an <embtoken> id that greedy
-never picks, so ours also feeds the forced <embtoken> at the end, one extra step we do not count). Compilation
-(ours) and the first call (theirs) are excluded: each side is timed on its best of ``--repeats`` warm runs.
+Both run float32 on CPU, the same random Qwen3 (Qwen3-0.6B widths), the same batch of random prompts, the same
+number of new tokens (neither stops early: transformers gets an EOS id that never comes up, ours an <embtoken> id
+that greedy never picks, so ours also feeds the forced <embtoken> at the end). Greedy tokens are checked identical.
+
+Two figures per side, each the median of ``--repeats`` warm runs (compilation and transformers' first call excluded):
+- end to end: new tokens / wall time of one call (prompt prefill included);
+- decode step: (time for ``--new`` tokens - time for 1 token) / (``--new`` - 1), the cost of one more token.
+The roofline of a decode step: the bytes it must read (every layer weight and the tied embedding as LM head, plus
+the KV cache: both sides read their whole cache buffer each step, ours sized prompt + new + 1) divided by the read
+bandwidth, measured in the same run as the best of a jitted float32 sum over a 1 GiB array (2 threads) and numpy's.
 
     python benchmarks/bench_decode.py                 # Qwen3-0.6B shape (28 layers)
     python benchmarks/bench_decode.py --layers 8      # the 0.6B widths with fewer layers (faster)
@@ -20,13 +26,32 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Best bytes/s of a full read of an ``n_bytes`` float32 array: jitted jnp.sum and numpy sum, best of both."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    x = jnp.ones((n_bytes // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    host = np.ones(n_bytes // 4, np.float32)
+    best = 0.0
+    for fn in (lambda: f(x).block_until_ready(), host.sum):
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            best = max(best, n_bytes / (time.perf_counter() - t))
+    return best
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=28)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--new", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
     import jax
@@ -38,8 +63,10 @@ def main() -> int:
     from t1_jax.config import SamplingConfig
     from t1_jax.model.hf import import_hf
     from t1_jax.model.presets import PRESETS
+    from t1_jax.model.qwen3 import layer_shapes
     from t1_jax.sampler import sample
 
+    torch.set_num_threads(os.cpu_count())
     shape = PRESETS["qwen3-0.6b"]
     config = transformers.Qwen3Config(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
@@ -57,44 +84,64 @@ def main() -> int:
     ids = rng.integers(0, 150_000, (args.batch, args.prompt)).astype(np.int32)
     valid = np.ones_like(ids, bool)
 
-    def run_hf(eos):
+    def run_hf(n, eos):
         with torch.inference_mode():
             return hf.generate(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.ones(ids.shape,
-                               dtype=torch.long), max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False,
+                               dtype=torch.long), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                eos_token_id=eos, pad_token_id=0)[:, args.prompt:].numpy()
 
-    hf_tokens = run_hf(eos=151_900)
+    hf_tokens = run_hf(args.new, eos=151_900)
     unused = next(i for i in range(151_700, 151_936) if i not in set(hf_tokens.ravel().tolist()))
-    cfg = SamplingConfig(max_new_tokens=args.new, temperature=0.0)
 
-    def run_ours():
-        out = sample(graphdef, params, ids, valid, jax.random.key(0), cfg, emb_token_id=unused, eos_token_ids=())
-        return jax.block_until_ready(out)
+    def run_ours(n):  # n new tokens in all: n - 1 reasoning tokens, then the forced <embtoken>
+        cfg = SamplingConfig(max_new_tokens=n - 1, temperature=0.0)
+        return jax.block_until_ready(sample(graphdef, params, ids, valid, jax.random.key(0), cfg,
+                                            emb_token_id=unused, eos_token_ids=()))
 
     t0 = time.perf_counter()
-    first = run_ours()
+    first = run_ours(args.new + 1)
     compile_s = time.perf_counter() - t0
+    run_ours(2)
     same = bool((np.asarray(first.tokens_bt)[:, :args.new] == hf_tokens).all())
 
-    def best(fn):
-        times = []
+    def timings(fn):
+        long_, short = [], []
         for _ in range(args.repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+            for n, out in ((args.new, long_), (1, short)):
+                t = time.perf_counter()
+                fn(n)
+                out.append(time.perf_counter() - t)
+        long_ = np.array(long_)
+        step = (long_ - np.array(short)) / (args.new - 1)
+        return long_, step
 
-    ours_s = best(run_ours)
-    hf_s = best(lambda: run_hf(eos=unused))
+    ours_total, ours_step = timings(run_ours)
+    hf_total, hf_step = timings(lambda n: run_hf(n, eos=unused))
+    bandwidth = read_bandwidth()
+    d, kv, h = shape.hidden_size, shape.num_kv_heads, shape.head_dim
+    weight_bytes = 4 * (args.layers * sum(int(np.prod(s)) for s in layer_shapes(shape).values())
+                        + shape.vocab_size * d)
+    cache_len = args.prompt + args.new + 1
+    kv_bytes = 4 * 2 * args.layers * args.batch * kv * h * cache_len
+    roofline_s = (weight_bytes + kv_bytes) / bandwidth
     tokens = args.batch * args.new
+
+    def spread(a):
+        return f"median {np.median(a) * 1e3:.1f} ms (range {a.min() * 1e3:.1f}-{a.max() * 1e3:.1f})"
+
     print(f"model: Qwen3-0.6B widths, {args.layers} layers, vocab {shape.vocab_size}, float32, CPU "
-          f"({os.cpu_count()} cores), torch threads {torch.get_num_threads()}")
-    print(f"batch {args.batch}, prompt {args.prompt}, new tokens {args.new}; greedy tokens identical: {same}")
-    print(f"t1_jax sampler   : {tokens / ours_s:8.1f} tokens/s  ({ours_s:.2f}s; first call incl. compile "
-          f"{compile_s:.1f}s)")
-    print(f"transformers     : {tokens / hf_s:8.1f} tokens/s  ({hf_s:.2f}s)")
-    print(f"ratio (ours / transformers): {hf_s / ours_s:.2f}x")
-    return 0
+          f"({os.cpu_count()} cores), torch threads {torch.get_num_threads()}; {args.repeats} runs each")
+    print(f"batch {args.batch}, prompt {args.prompt}, new tokens {args.new}; greedy tokens identical: {same}; "
+          f"our first call incl. compile {compile_s:.1f}s")
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s; bytes per decode step: weights {weight_bytes / 1e9:.3f} GB + "
+          f"KV cache {kv_bytes / 1e6:.1f} MB -> roofline {roofline_s * 1e3:.1f} ms/step "
+          f"({args.batch / roofline_s:.1f} tokens/s)")
+    for name, total, step in (("t1_jax sampler", ours_total, ours_step), ("transformers  ", hf_total, hf_step)):
+        print(f"{name}: end to end {tokens / np.median(total):6.1f} tokens/s ({spread(total)} per call); "
+              f"decode step {spread(step)} = {roofline_s / np.median(step):.0%} of roofline")
+    print(f"ratio (ours / transformers): end to end {np.median(hf_total) / np.median(ours_total):.2f}x, "
+          f"decode step {np.median(hf_step) / np.median(ours_step):.2f}x")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

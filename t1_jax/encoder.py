@@ -1,4 +1,4 @@
-"""T1 at inference time: documents embedded in one forward pass, queries through the reasoning sampler.
+"""T1 at inference time: documents embedded in one forward pass, queries through the continuous-batching engine.
 
 ``Encoder.from_checkpoint(dir)`` loads a saved model (``t1 train`` leaves it in ``WORKDIR/model``, with the tokenizer
 in ``model/tokenizer`` and the run's ``config.json`` beside it, whose ``text``/``sampling``/``retrieval`` sections set
@@ -6,6 +6,8 @@ the formats, the decoding settings and normalisation). Batches are built with le
 token count, each batch is padded to the smallest bucket length that holds its longest text, and results are put back
 in input order; so compute is not wasted on padding and each (batch, bucket) shape compiles once. With a mesh,
 parameters are sharded by their logical axes and every batch is split over data x fsdp (rows padded to a multiple).
+Queries with reasoning go through ``t1_jax.engine`` (``batch_size`` decode slots; a finished query's slot takes the
+next query), not fixed batches: reasoning lengths are long-tailed, and a fixed batch decodes until its longest row.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from t1_jax import fs
 from t1_jax.config import ExperimentConfig, SamplingConfig, TextConfig
 from t1_jax.mesh import BATCH_AXES, batch_shard_count, use_mesh
 from t1_jax.observe import progress
-from t1_jax.sampler import sample
+from t1_jax.engine import EngineSettings, generate_iter
 from t1_jax.text import TOKENIZER_SUBDIR, Encoded, T1Formatter, batch_encode, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -216,29 +218,25 @@ class Encoder:
         return encoder._generate(queries, domains, sampling or self.sampling, seed, t0)
 
     def _generate(self, queries, domains, sampling: SamplingConfig, seed: int, t0: float):
+        """Reasoning + embedding for every query with the continuous-batching engine (``t1_jax.engine``):
+        ``batch_size`` slots, a finished query's slot takes the next one. Each query draws from its own key
+        (``seed`` folded with its index), so its output does not depend on the batch size."""
         encoded, trunc = batch_encode(self.formatter, "query_prompt", queries, domains, name="queries")
         out = np.zeros((len(queries), self.dim), np.float32)
         texts = [""] * len(queries)
         lengths_n = np.zeros(len(queries), np.int64)
         forced_n = np.zeros(len(queries), bool)
         eos_n = np.zeros(len(queries), bool)
-        rng = jax.random.key(seed)
         bar = self._bar(len(queries), "queries", "query")
-        for step, rows in enumerate(length_batches([len(e) for e in encoded], self.batch_size)):
-            length = bucket_length(max(len(encoded[i]) for i in rows), sampling.prompt_buckets)
-            ids, valid = self._device_batch([encoded[i] for i in rows], length, left=True)
-            rollout = jax.device_get(sample(self.graphdef, self.params, ids, valid, jax.random.fold_in(rng, step),
-                                            sampling, emb_token_id=self.formatter.emb_token_id,
-                                            eos_token_ids=self.formatter.eos_token_ids, normalize=self.normalize,
-                                            mesh=self.mesh))
-            n = len(rows)
-            out[rows] = rollout.embedding_bd[:n]
-            lengths_n[rows], forced_n[rows], eos_n[rows] = (rollout.lengths_b[:n], rollout.forced_b[:n],
-                                                            rollout.stopped_eos_b[:n])
-            for j, i in enumerate(rows):  # the reasoning: generated tokens before <embtoken>, specials dropped
-                ids_j = rollout.tokens_bt[j, :rollout.lengths_b[j] - 1].tolist()
-                texts[i] = self.formatter.tokenizer.decode(ids_j, skip_special_tokens=True)
-            bar.update(n)
+        results = generate_iter(self.graphdef, self.params, [e.ids for e in encoded], sampling,
+                                emb_token_id=self.formatter.emb_token_id, eos_token_ids=self.formatter.eos_token_ids,
+                                rng=jax.random.key(seed), normalize=self.normalize,
+                                settings=EngineSettings(slots=self.batch_size), mesh=self.mesh)
+        for i, gen in results:
+            out[i], lengths_n[i], forced_n[i], eos_n[i] = gen.embedding, len(gen.tokens), gen.forced, gen.stopped_eos
+            # the reasoning: generated tokens before <embtoken>, specials dropped
+            texts[i] = self.formatter.tokenizer.decode(gen.tokens[:-1].tolist(), skip_special_tokens=True)
+            bar.update(1)
         bar.close()
         seconds = time.time() - t0
         stats = {"queries": len(queries), "truncated": trunc.truncated, "seconds": seconds,

@@ -23,11 +23,12 @@ log-probability under the untruncated ``softmax(logits / temperature)``, which i
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -145,7 +146,7 @@ def _prefill(graphdef, params, layers, ids_bt, valid_bt, *, cache_len: int, mesh
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "n_new", "normalize", "mesh"),
                    donate_argnames=("cache",))
-def _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, rng, emb_id, eos_v, *, settings: SamplingConfig,
+def _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, budget_b, rng, emb_id, eos_v, *, settings: SamplingConfig,
             n_new: int, normalize: bool, mesh: Optional[Mesh]):
     with use_mesh(mesh):
         model = nnx.merge(graphdef, params)
@@ -167,7 +168,7 @@ def _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, rng, emb_i
         def body(c):
             i, logits = c["i"], c["logits"]
             sampled_b, sampled_logp_b = choose_tokens(logits, jax.random.fold_in(rng, i), settings)
-            at_budget = i == n_new
+            at_budget = i == budget_b
             force_b = c["after_eos"] | at_budget
             forced_logp_b = jax.nn.log_softmax(logits.astype(jnp.float32) / forced_temp, axis=-1)
             forced_logp_b = jax.lax.dynamic_index_in_dim(forced_logp_b, emb_id, axis=1, keepdims=False)
@@ -199,13 +200,14 @@ def _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, rng, emb_i
 
 
 def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingConfig, *, emb_token_id: int,
-           eos_token_ids: Sequence[int] = (), normalize: bool = True, max_new_tokens: Optional[int] = None,
-           mesh: Optional[Mesh] = None) -> Rollout:
+           eos_token_ids: Sequence[int] = (), normalize: bool = True,
+           max_new_tokens: Union[None, int, Sequence[int]] = None, mesh: Optional[Mesh] = None) -> Rollout:
     """Generate reasoning after each prompt, then ``<embtoken>``; return tokens, log-probs, lengths and embeddings.
 
     ``prompt_ids_bt``/``prompt_valid_bt``: ``[B, T]`` prompts, left- or right-padded (positions follow the valid
     mask). ``rng``: a PRNG key (unused when greedy). ``max_new_tokens`` overrides ``cfg.max_new_tokens``: reasoning
-    tokens allowed before ``<embtoken>`` is forced. ``mesh`` (default: the active ``use_mesh`` one) turns on the
+    tokens allowed before ``<embtoken>`` is forced, one for all rows or one per row (the loop runs until the longest
+    row is done). ``mesh`` (default: the active ``use_mesh`` one) turns on the
     model's sharding constraints: batch over data x fsdp. Compiles once per (B, T) and settings.
     """
     problems = cfg.validate()
@@ -213,12 +215,14 @@ def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingC
         raise ConfigError("; ".join(problems))
     if emb_token_id is None:
         raise ValueError("sample: emb_token_id is required (the id of <embtoken>)")
-    n_new = cfg.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-    if n_new < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {n_new}")
     if prompt_ids_bt.shape != prompt_valid_bt.shape or len(prompt_ids_bt.shape) != 2:
         raise ValueError(f"prompt ids {prompt_ids_bt.shape} and valid mask {prompt_valid_bt.shape} must both be "
                          f"[B, T]")
+    budget = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
+    budget_b = np.broadcast_to(np.asarray(budget, np.int32), (prompt_ids_bt.shape[0],))
+    if budget_b.min(initial=0) < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {budget}")
+    n_new = int(budget_b.max(initial=0))
     eos = tuple(sorted({int(e) for e in eos_token_ids}))
     if int(emb_token_id) in eos:
         raise ValueError(f"<embtoken> id {emb_token_id} is also an end-of-sequence id")
@@ -230,7 +234,7 @@ def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingC
     # The special ids are traced (not static): changing them never recompiles. -1 pads the EOS list (never a token).
     width = max(4, -(-len(eos) // 4) * 4)
     eos_v = jnp.asarray(eos + (-1,) * (width - len(eos)), jnp.int32)
-    rollout, _ = _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, rng, jnp.int32(emb_token_id), eos_v,
+    rollout, _ = _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, jnp.asarray(budget_b), rng, jnp.int32(emb_token_id), eos_v,
                          settings=settings, n_new=n_new, normalize=bool(normalize), mesh=mesh)
     return rollout
 
