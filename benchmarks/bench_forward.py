@@ -42,6 +42,7 @@ def matmul_peak(size: int, repeats: int) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
     import torch
+    torch.set_num_threads(os.cpu_count())  # PyTorch threads = cores (the standard for our benchmarks)
 
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     mm = jax.jit(lambda x, y: x @ y)
