@@ -17,6 +17,7 @@ and 2 compile the train step; stage 3 the whole GRPO step (rollout included) and
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -43,6 +44,7 @@ class Program:
     description: str = ""  # batch and lengths, one line
     # temp bytes -> per-chip bytes by role (t1_jax.chip_memory); None = no breakdown
     breakdown: Optional[Callable[[Optional[int]], dict[str, int]]] = None
+    detail: Optional[Callable[[TopologySpec], Any]] = None  # -> more bounds with format()/to_dict() (decode roofline)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ProgramResult:
     roofline_seconds: float
     description: str
     breakdown: Optional[dict[str, int]] = None
+    detail: Any = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -63,7 +66,7 @@ class ProgramResult:
         return {"name": self.name, "description": self.description, "memory": self.memory.to_dict(),
                 "flops": {**dataclasses.asdict(self.flops), "total": self.flops.total}, "tokens": self.tokens,
                 "roofline_seconds": self.roofline_seconds, "tokens_per_second": self.tokens_per_second,
-                "breakdown_bytes": self.breakdown}
+                "breakdown_bytes": self.breakdown, "detail": self.detail.to_dict() if self.detail else None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +98,8 @@ class CheckResult:
             lines += ["", f"[{p.name}] {p.description}", p.memory.format()]
             if p.breakdown:
                 lines.append(format_breakdown(p.breakdown))
-            lines += [format_step_estimate(p.flops, self.topology, p.tokens),
-                      f"compile time {p.memory.compile_seconds:.1f} s"]
+            lines += [format_step_estimate(p.flops, self.topology, p.tokens)] + ([p.detail.format()] if p.detail else [])
+            lines.append(f"compile time {p.memory.compile_seconds:.1f} s")
         verdict = "fits" if self.fits else f"DOES NOT FIT (over by {self.overflow_gib:.3f} GiB per chip)"
         lines += ["", f"result: {verdict}; wall time {self.wall_seconds:.1f} s"]
         return "\n".join(lines)
@@ -362,6 +365,7 @@ PROGRAMS: dict[str, Callable[[ExperimentConfig, Any], list[Program]]] = {
     "contrastive": contrastive_programs,
     "reasoning": contrastive_programs,
     "grpo": grpo_programs,
+    "generate": lambda cfg, mesh: importlib.import_module("t1_jax.compile_generate").generate_programs(cfg, mesh),
 }
 
 
@@ -370,21 +374,24 @@ PROGRAMS: dict[str, Callable[[ExperimentConfig, Any], list[Program]]] = {
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]] = None) -> CheckResult:
+def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]] = None,
+          kind: Optional[str] = None) -> CheckResult:
     """Compile the configured stage's programs for ``topology``; see the module docstring. ``programs`` picks some
-    by name (default all). Raises ConfigError (bad mesh/batch), StageNotAvailable, RuntimeError (no libtpu)."""
+    by name (default all); ``kind`` the PROGRAMS entry (default ``trainer.stage``; ``generate`` = the sampler's
+    prefill and decode loop, t1_jax.compile_generate). Raises ConfigError (bad mesh/batch), StageNotAvailable,
+    RuntimeError (no libtpu)."""
     from t1_jax import config as config_lib
     from t1_jax.tpu import compile_report, parse_topology, roofline_seconds, topology_mesh
 
     start = time.perf_counter()
     spec = parse_topology(topology)
-    config_lib.validate(cfg, device_count=spec.chips, training=True)
-    if cfg.trainer.stage not in PROGRAMS:
-        raise ConfigError(f"compile check: no programs for trainer.stage {cfg.trainer.stage!r}; known: "
-                          f"{', '.join(PROGRAMS)}")
+    kind = kind or cfg.trainer.stage
+    config_lib.validate(cfg, device_count=spec.chips, training=kind != "generate")
+    if kind not in PROGRAMS:
+        raise ConfigError(f"compile check: no programs for {kind!r}; known: {', '.join(PROGRAMS)}")
     cfg = with_placeholder_tokens(cfg)
     mesh = topology_mesh(topology, cfg.mesh)
-    built = PROGRAMS[cfg.trainer.stage](cfg, mesh)
+    built = PROGRAMS[kind](cfg, mesh)
     if programs:
         unknown = set(programs) - {p.name for p in built}
         if unknown:
@@ -402,6 +409,6 @@ def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]
         seconds = roofline_seconds(program.flops.total, spec.chips, spec.chip.peak_bf16_flops)
         parts = program.breakdown(memory.temp_bytes or None) if program.breakdown else None
         results.append(ProgramResult(program.name, memory, program.flops, program.tokens, seconds,
-                                     program.description, parts))
-    return CheckResult(cfg.name, cfg.trainer.stage, spec, dict(mesh.shape), tuple(results),
+                                     program.description, parts, program.detail(spec) if program.detail else None))
+    return CheckResult(cfg.name, kind, spec, dict(mesh.shape), tuple(results),
                        time.perf_counter() - start)

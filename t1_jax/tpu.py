@@ -24,11 +24,12 @@ GiB = 1024 ** 3
 
 @dataclasses.dataclass(frozen=True)
 class ChipSpec:
-    """One TPU generation: per-chip HBM and peak dense bf16 rate, and how its slices are named and provisioned."""
+    """One TPU generation: per-chip HBM (size, bandwidth) and peak dense bf16 rate, how its slices are named and made."""
 
     name: str  # our canonical name: v4, v5e, v5p, v6e
     hbm_bytes: int
     peak_bf16_flops: float  # per chip, per second
+    hbm_bandwidth: float  # bytes per second per chip (what bounds memory-bound programs such as decoding)
     cores_per_chip: int  # TensorCores; 2 = the accelerator-type suffix counts cores and JAX runs them as one megacore
     topology_dims: int  # 3 (3D torus) or 2
     accelerator_prefix: str  # what gcloud's --accelerator-type starts with
@@ -41,10 +42,11 @@ class ChipSpec:
 
 
 CHIPS: dict[str, ChipSpec] = {
-    "v4": ChipSpec("v4", 32 * GiB, 275e12, 2, 3, "v4", "tpu-ubuntu2204-base", ("TPU v4",)),
-    "v5e": ChipSpec("v5e", 16 * GiB, 197e12, 1, 2, "v5litepod", "v2-alpha-tpuv5-lite", ("TPU v5 lite", "TPU v5e")),
-    "v5p": ChipSpec("v5p", 95 * GiB, 459e12, 2, 3, "v5p", "v2-alpha-tpuv5", ("TPU v5", "TPU v5p")),
-    "v6e": ChipSpec("v6e", 32 * GiB, 918e12, 1, 2, "v6e", "v2-alpha-tpuv6e", ("TPU v6 lite", "TPU v6e")),
+    "v4": ChipSpec("v4", 32 * GiB, 275e12, 1200e9, 2, 3, "v4", "tpu-ubuntu2204-base", ("TPU v4",)),
+    "v5e": ChipSpec("v5e", 16 * GiB, 197e12, 819e9, 1, 2, "v5litepod", "v2-alpha-tpuv5-lite",
+                    ("TPU v5 lite", "TPU v5e")),
+    "v5p": ChipSpec("v5p", 95 * GiB, 459e12, 2765e9, 2, 3, "v5p", "v2-alpha-tpuv5", ("TPU v5", "TPU v5p")),
+    "v6e": ChipSpec("v6e", 32 * GiB, 918e12, 1638e9, 1, 2, "v6e", "v2-alpha-tpuv6e", ("TPU v6 lite", "TPU v6e")),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v5": "v5p", "v6": "v6e"}
 

@@ -1,7 +1,9 @@
 """The shared trainer: resume determinism after SIGKILL, partial checkpoints, SIGTERM preemption, non-finite loss.
 
 Each scenario runs the real Trainer in a subprocess (tests/helpers/toy_train.py: a linear model on a grain pipeline,
-sharded over an 8-device mesh, checkpointing every step) and compares with an uninterrupted run.
+sharded over an 8-device mesh, checkpointing every step) and compares with an uninterrupted run. The subprocesses of
+this file share a JAX persistent compilation cache: each of them runs the same dozen small programs, compiled by the
+first one (the checkpoints, the data-iterator state and the RNG that resume restores are what these tests check).
 """
 import json
 import os
@@ -15,9 +17,21 @@ import pytest
 from conftest import FAST_COMPILE, REPO
 
 
+_COMPILE_CACHE = {}  # "dir": this module's persistent compilation cache (the autouse fixture below)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache(tmp_path_factory):
+    _COMPILE_CACHE["dir"] = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+    yield
+    _COMPILE_CACHE.clear()
+
+
 def _run(workdir, steps, *flags, expect=0):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}"
+    # Each compile here takes well under JAX's 1 s threshold for caching: cache them all.
+    env.update(JAX_COMPILATION_CACHE_DIR=_COMPILE_CACHE["dir"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     result = subprocess.run([sys.executable, "-m", "tests.helpers.toy_train", str(workdir), str(steps), *flags],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if expect is not None:
@@ -41,9 +55,17 @@ def baseline(tmp_path_factory):
     return _losses(workdir), _final(workdir)
 
 
-def test_resume_after_sigkill_is_deterministic(tmp_path, baseline):
+@pytest.fixture(scope="module")
+def killed_before_step_4(tmp_path_factory):
+    """A run SIGKILLed right before step 4, once step 3's checkpoint is on disk; each test resumes its own copy."""
+    workdir = tmp_path_factory.mktemp("killed")
+    _run(workdir, 6, "--die-before-step", "4", "--wait-for-checkpoint", expect=-9)
+    return workdir
+
+
+def test_resume_after_sigkill_is_deterministic(tmp_path, baseline, killed_before_step_4):
     losses, final = baseline
-    result = _run(tmp_path, 6, "--die-before-step", "4", "--wait-for-checkpoint", expect=-9)
+    shutil.copytree(killed_before_step_4, tmp_path, dirs_exist_ok=True)
     assert sorted(_losses(tmp_path)) == [1, 2, 3]
     result = _run(tmp_path, 6)
     assert "resumed from step 3" in result.stderr
@@ -53,9 +75,9 @@ def test_resume_after_sigkill_is_deterministic(tmp_path, baseline):
     np.testing.assert_allclose(_final(tmp_path), final, rtol=1e-6, atol=0)
 
 
-def test_partial_checkpoint_is_ignored(tmp_path, baseline):
+def test_partial_checkpoint_is_ignored(tmp_path, baseline, killed_before_step_4):
     _, final = baseline
-    _run(tmp_path, 6, "--die-before-step", "4", "--wait-for-checkpoint", expect=-9)
+    shutil.copytree(killed_before_step_4, tmp_path, dirs_exist_ok=True)
     ckpts = tmp_path / "checkpoints"
     # A write of step 4 that was killed half-way: orbax only renames a step directory into place once it is complete.
     partial = ckpts / "4.orbax-checkpoint-tmp-1234"

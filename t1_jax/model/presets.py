@@ -29,6 +29,11 @@ PRESETS: dict[str, ModelConfig] = {
                                      tie_word_embeddings=True),
     "qwen3-8b": _qwen3(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32, num_kv_heads=8,
                        rope_theta=1e6, max_position_embeddings=40960, tie_word_embeddings=False),
+    # Teachers for stage-2 traces (docs/tpu.md, "Teacher generation"): Qwen/Qwen3-14B and Qwen/Qwen3-32B config.json.
+    "qwen3-14b": _qwen3(hidden_size=5120, intermediate_size=17408, num_layers=40, num_heads=40, num_kv_heads=8,
+                        rope_theta=1e6, max_position_embeddings=40960, tie_word_embeddings=False),
+    "qwen3-32b": _qwen3(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64, num_kv_heads=8,
+                        rope_theta=1e6, max_position_embeddings=40960, tie_word_embeddings=False),
     # Test configs (float32): "tiny" is ModelConfig's default; "tiny-untied" exercises the separate LM head.
     "tiny": ModelConfig(),
     "tiny-untied": ModelConfig(tie_word_embeddings=False),

@@ -9,6 +9,9 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("T1_NO_PROGRESS", "1")
+# t1_jax never imports torch, but tensorboardX (the trainer's metric writer) imports it when it can: about 4 s of CPU
+# per process, a third of this whole run. Hidden, as on an install without torch (t1-jax does not depend on it).
+sys.modules.setdefault("torch", None)
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
