@@ -120,12 +120,15 @@ def read_bytes_per_chip(tree: Any) -> int:
     return total
 
 
-def prefill_output_shardings(mesh) -> tuple:
-    """The shardings ``_prefill``'s constraints give its outputs ``(cache, logits [B, V], prompt lengths [B])``."""
+def prefill_output_shardings(mesh, num_layers: int) -> tuple:
+    """The shardings ``_prefill``'s constraints give its outputs ``(cache, logits [B, V], prompt lengths [B])`` (the
+    cache in the sampler's decode layout for this mesh: stacked on TPU, per layer on CPU)."""
     from t1_jax import mesh as mesh_lib
     from t1_jax.model.cache import cache_shardings
+    from t1_jax.sampler import decode_layout
 
-    return (cache_shardings(mesh), mesh_lib.logical_sharding(mesh, ("batch", "vocab")),
+    cache = cache_shardings(mesh, per_layer=decode_layout(mesh), num_layers=num_layers)
+    return (cache, mesh_lib.logical_sharding(mesh, ("batch", "vocab")),
             mesh_lib.logical_sharding(mesh, ("batch",)))
 
 
@@ -159,8 +162,9 @@ def record_sample_calls(mesh) -> Iterator[dict[str, tuple]]:
             calls[name] = (args, kwargs)
             out = jax.eval_shape(functools.partial(real[name], **kwargs), *args)
             if name == "prefill":
+                layers = len(out[0].k) if out[0].per_layer else 0
                 out = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), out,
-                                             prefill_output_shardings(mesh))
+                                             prefill_output_shardings(mesh, layers))
             return out
         return call
 
@@ -211,7 +215,7 @@ def generate_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
                        eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize, mesh=mesh)
     (prefill_args, prefill_kwargs), (decode_args, decode_kwargs) = calls["prefill"], calls["decode"]
     cache = next(a for a in decode_args if isinstance(a, KVCache))  # the prefill's output, donated to the loop
-    cache_len = cache.k.shape[2]
+    cache_len = cache.max_len
     m = cfg.model
     prefill_flops = decoder_flops(m, b * tp, cache_len, training=False, lm_head_tokens=b)
     step_flops = decoder_flops(m, b, cache_len, training=False, lm_head_tokens=b)

@@ -74,6 +74,7 @@ def test_prefill_output_shardings_are_the_compiled_prefills():
 
     from t1_jax import mesh as mesh_lib, sampler
     from t1_jax.config import MeshConfig
+    from t1_jax.model.cache import KVCache
 
     cfg = config_lib.load_config("experiments/tiny_stage1.py", ["text.max_query_tokens=16", "sampling.prompt_buckets=[16]",
                                                                "sampling.max_new_tokens=4"])
@@ -84,7 +85,7 @@ def test_prefill_output_shardings_are_the_compiled_prefills():
     with mesh_lib.use_mesh(mesh):
         compiled = prefill.fn.lower(*prefill.args).compile()
     outputs = compiled.output_shardings
-    expected = compile_generate.prefill_output_shardings(mesh)
+    expected = compile_generate.prefill_output_shardings(mesh, cfg.model.num_layers)
     shapes = jax.eval_shape(lambda *a: sampler._prefill(*a, **prefill.fn.kwargs), *prefill.args)
     pairs = zip(jax.tree_util.tree_leaves(outputs), jax.tree_util.tree_leaves(expected),
                 jax.tree_util.tree_leaves(shapes))
@@ -92,8 +93,12 @@ def test_prefill_output_shardings_are_the_compiled_prefills():
         assert got.is_equivalent_to(want, len(shape.shape)), (got, want)
     # and the decode program receives exactly these
     decode = programs[1]
-    assert decode.args[2].k.sharding == expected[0].k and decode.args[3].sharding == expected[1]
-    assert decode.args[2].k.dtype == jnp.float32 and decode.args[2].k.shape[2] == 16 + 4 + 1
+    cache = next(a for a in decode.args if isinstance(a, KVCache))
+    logits = decode.args[decode.args.index(cache) + 1]
+    assert [k.sharding for k in jax.tree_util.tree_leaves(cache.k)] == jax.tree_util.tree_leaves(expected[0].k)
+    assert logits.sharding == expected[1]
+    k0 = jax.tree_util.tree_leaves(cache.k)[0]
+    assert k0.dtype == jnp.float32 and cache.max_len == k0.shape[-2] == 16 + 4 + 1
 
 
 @needs_libtpu
