@@ -336,3 +336,46 @@ def _read(path):
     from t1_jax import fs
 
     return fs.read_text(path).splitlines(keepends=True) if fs.exists(path) else []
+
+
+def test_generate_traces_batches_and_unpacks(monkeypatch):
+    """The seam around sample(): length-sorted fixed batches left-padded to a bucket, short batches filled with copies
+    of their first prompt, one key per batch from its rows' seeds, results in input order with the stop token (and an
+    end-of-sequence token before it) dropped and budget hits marked."""
+    import jax
+    import jax.numpy as jnp
+
+    from t1_jax import teacher
+    from t1_jax.config import SamplingConfig
+    from t1_jax.sampler import Rollout
+
+    calls = []
+
+    def fake_sample(graphdef, params, ids_bt, valid_bt, rng, cfg, *, emb_token_id, eos_token_ids, **kw):
+        ids_bt, valid_bt = np.asarray(ids_bt), np.asarray(valid_bt)
+        calls.append((ids_bt, valid_bt, tuple(np.asarray(jax.random.key_data(rng)).tolist()), emb_token_id,
+                      eos_token_ids))
+        last = ids_bt[:, -1]  # how each row ends: 0 draws the stop token, 1 an EOS first, 2 runs out of budget
+        kind = last % 3
+        tokens = np.stack([last, last + 1, np.where(kind == 1, 98, last + 2), np.full_like(last, 99)], axis=1)
+        tokens[kind == 0, 2:] = [99, 0]
+        lengths = np.where(kind == 0, 3, 4)
+        return Rollout(jnp.asarray(tokens), jnp.zeros(tokens.shape), jnp.asarray(lengths), jnp.zeros((len(last), 2)),
+                       jnp.asarray(kind == 2), jnp.asarray(kind == 1))
+
+    monkeypatch.setattr(teacher, "sample", fake_sample)
+    prompts = [[7] * n + [30 + i] for i, n in enumerate((2, 9, 4, 12, 1))]
+    seeds = [11, 12, 13, 14, 15]
+    args = dict(stop_id=99, eos_ids=(98, 99), batch_size=3)
+    traces = teacher.generate_traces(None, None, prompts, SamplingConfig(prompt_buckets=(8, 16)), seeds=seeds, **args)
+    assert traces == [teacher.Trace((30, 31), False), teacher.Trace((31, 32), False),  # stop drawn; EOS then stop
+                      teacher.Trace((32, 33, 34), True), teacher.Trace((33, 34), False), teacher.Trace((34, 35), False)]
+    (ids1, valid1, key1, stop, eos), (ids2, valid2, key2, _, _) = calls
+    assert (stop, eos) == (99, (98,))
+    assert ids1.shape == (3, 16) and ids2.shape == (3, 8)  # longest first: prompts 3, 1, 2 then 0, 4 (+ a copy)
+    assert [int(r[-1]) for r in ids1] == [33, 31, 32] and [int(r[-1]) for r in ids2] == [30, 34, 30]
+    assert valid1.sum(axis=1).tolist() == [13, 10, 5] and not valid1[2, :11].any()  # left-padded
+    again = teacher.generate_traces(None, None, prompts, SamplingConfig(prompt_buckets=(8, 16)), seeds=seeds, **args)
+    assert again == traces and calls[2][2] == key1
+    teacher.generate_traces(None, None, prompts, SamplingConfig(prompt_buckets=(8, 16)), seeds=[0] + seeds[1:], **args)
+    assert calls[4][2] == key1 and calls[5][2] != key2  # a batch's key follows its own rows' seeds

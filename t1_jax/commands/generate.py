@@ -9,8 +9,8 @@ import argparse
 import json
 
 NAME = "generate"
-HELP = ("write a teacher's reasoning trace into every query record (stage-2 training data); resumable, sharded over "
-        "the devices, split over hosts")
+HELP = ("write a teacher's reasoning trace into every query record (stage-2 training data); resumable, one "
+        "program over the slice's devices")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
