@@ -17,6 +17,7 @@ from t1_jax.config import ConfigError
 COMMAND_MODULES: tuple[str, ...] = (
     "t1_jax.commands.config_cmd",
     "t1_jax.commands.convert",
+    "t1_jax.commands.generate",
     "t1_jax.commands.train",
     "t1_jax.commands.embed",
     "t1_jax.commands.encode",

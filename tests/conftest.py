@@ -49,7 +49,7 @@ def pytest_configure(config):
 # 55-80 s each for the rest), so that the greedy file-at-a-time assignment leaves no long file alone at the end.
 LONG_FIRST = ("test_precision.py", "test_trainer.py", "test_multihost.py", "test_gcs.py",
               "test_quickstart_e2e.py", "test_compile_check.py", "test_grpo_stage.py", "test_contrastive_stage.py",
-              "test_resume_check.py")
+              "test_resume_check.py", "test_generate.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

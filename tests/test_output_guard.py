@@ -52,6 +52,7 @@ COMMANDS = {
     "train": (["train", "--config", "experiments/tiny_stage1.py", "--workdir", "OUT"], "--workdir", "run"),
     "quickstart": (["quickstart", "--workdir", "OUT"], "--workdir", "qs"),
     "convert": (["convert", "hf-to-t1", "hf", "OUT"], "DST_DIR", "model"),
+    "generate": (["generate", "--checkpoint", "m", "--queries", "q.jsonl", "--out", "OUT"], "--out", "t.jsonl"),
     "config": (["config", "--config", "experiments/tiny_stage1.py", "--out", "OUT"], "--out", "config.json"),
     "compile-check": (["compile-check", "--config", "experiments/tiny_stage1.py", "--topology", "v4-8", "--json",
                        "OUT"], "--json", "report.json"),

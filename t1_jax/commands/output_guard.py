@@ -36,6 +36,7 @@ OUTPUTS: dict[str, dict[str, Callable[[str], list[str]]]] = {  # command -> outp
     "eval": {"out": lambda p: [p]},
     "config": {"out": lambda p: [p]},
     "convert": {"dst": lambda p: [p]},
+    "generate": {"out": lambda p: [p]},
     "compile-check": {"json": lambda p: [p]},
 }
 
