@@ -4,27 +4,29 @@
 batch_size=)`` takes token-id prompts (already in the teacher's chat format) and returns, per prompt and in input
 order, the generated token ids before the stop token and whether the budget ran out first.
 
-This implementation runs :func:`t1_jax.sampler.sample` on fixed, length-bucketed batches: the prompts are sorted by
-length (longest first, stable), cut into batches of ``batch_size`` rows (rounded up to a multiple of the mesh's
-``data x fsdp``), each batch left-padded to the smallest ``sampling.prompt_buckets`` length that holds it. A short
-last batch is filled with copies of its first prompt (their results are dropped): a copy stops when its original
-does, where a one-token dummy could keep the decode loop running to the budget.
+Two engines behind it, chosen by ``engine`` (default: continuous batching unless the mesh spans several processes):
 
-The sampler is T1's ``<embtoken>`` sampler used as a plain chat decoder: the chat end token (``<|im_end|>``) is
-passed as its "``<embtoken>``", so a row stops when it draws it, and at the budget it is forced (``forced_b``: the
-trace hit the budget); an ``<|endoftext|>`` is passed as end-of-sequence, after which the sampler appends the stop
-token. The stop token, and an end-of-sequence token before it, are not part of the returned trace.
+* **continuous batching** (:func:`t1_jax.engine.generate`, single-process meshes): ``batch_size`` decode slots; when a
+  trace ends, its slot takes the next prompt. Each prompt draws from its own key (``seeds``), so a trace does not
+  depend on the other prompts of the call, their order or the slot count: a resumed run repeats an uninterrupted one
+  whatever the chunks.
+* **fixed batches** (:func:`t1_jax.sampler.sample`, the multi-process path: the engine's host loop reads its slots
+  on one process): the prompts are sorted by length (longest first, stable), cut into batches of ``batch_size`` rows
+  (rounded up to a multiple of the mesh's ``data x fsdp``), each batch left-padded to the smallest
+  ``sampling.prompt_buckets`` length that holds it. A short last batch is filled with copies of its first prompt
+  (their results are dropped): a copy stops when its original does, where a one-token dummy could keep the decode
+  loop running to the budget. ``sample`` draws a whole batch from one key, derived from the ``seeds`` of its rows (in
+  batch order): the same prompts with the same seeds in the same call form the same batches and draw the same traces,
+  so callers that resume (``t1 generate``) call this with the same groups of prompts (fixed by input order).
 
-Which results depend on batch neighbours:
+Both run T1's ``<embtoken>`` decoding as a plain chat decoder: the chat end token (``<|im_end|>``) is passed as the
+"``<embtoken>``", so a row stops when it draws it, and at the budget it is forced (the trace hit the budget); an
+``<|endoftext|>`` is passed as end-of-sequence, after which the stop token is appended. The stop token, and an
+end-of-sequence token before it, are not part of the returned trace.
 
-* greedy decoding (temperature 0): none, up to float round-off (the sampler's padding invariance, tested to 1e-5;
-  an argmax between two near-equal logits could flip).
-* sampled decoding: ``sample`` draws a whole batch from one PRNG key, so a row's draws depend on the batch it is in.
-  The key of a batch is derived from the ``seeds`` of its rows (in batch order), so the same prompts with the same
-  seeds in the same call form the same batches and draw the same traces. Callers that need a resumed run to repeat
-  an uninterrupted one (``t1 generate``) must therefore call this with the same groups of prompts (fixed by input
-  order), whatever part of a group is already done. An engine that draws each row from its own seed (continuous
-  batching) can drop that requirement; the signature already carries one seed per prompt for it.
+Greedy decoding (temperature 0) gives the same traces on both paths, up to float round-off (an argmax between two
+near-equal logits could flip); sampled decoding draws differently on the two (per-sequence keys vs a batch key), so
+a multi-process run's sampled traces are not a single-process run's.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t1_jax.config import SamplingConfig
 from t1_jax.encoder import bucket_length, length_batches
+from t1_jax.engine import EngineSettings, generate
 from t1_jax.mesh import BATCH_AXES, batch_shard_count
 from t1_jax.sampler import sample
 
@@ -78,14 +81,16 @@ def _to_host(tree):
 
 def generate_traces(graphdef, params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *, stop_id: int,
                     eos_ids: Sequence[int], seeds: Sequence[int], max_new_tokens: Optional[int] = None,
-                    mesh: Optional[Mesh] = None, batch_size: int, pad_id: int = 0) -> list[Trace]:
+                    mesh: Optional[Mesh] = None, batch_size: int, pad_id: int = 0,
+                    engine: Optional[bool] = None) -> list[Trace]:
     """One :class:`Trace` per prompt, in input order (see the module doc for batching and randomness).
 
     ``prompts``: token ids ending where the teacher starts writing (the chat template's generation prompt).
     ``sampling``: temperature / top-k / top-p and ``prompt_buckets``; ``max_new_tokens`` (default
     ``sampling.max_new_tokens``): tokens allowed before the stop token is forced. ``stop_id``: the chat end token;
     ``eos_ids``: other end tokens (after one the trace ends too). ``seeds``: one per prompt. ``mesh``: the batch is
-    split over its ``data x fsdp`` (parameters already placed on it). ``batch_size``: rows per sampler call.
+    split over its ``data x fsdp`` (parameters already placed on it). ``batch_size``: decode slots (engine) or rows
+    per sampler call. ``engine``: continuous batching (default: when the run is a single process) or fixed batches.
     """
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -94,6 +99,15 @@ def generate_traces(graphdef, params, prompts: Sequence[Sequence[int]], sampling
     shards = batch_shard_count(mesh) if mesh is not None else 1
     rows = -(-max(1, batch_size) // shards) * shards
     eos = tuple(int(e) for e in eos_ids if int(e) != int(stop_id))
+    if engine is None:
+        engine = jax.process_count() == 1
+    if engine:
+        gens = generate(graphdef, params, [list(p) for p in prompts], sampling, emb_token_id=stop_id,
+                        eos_token_ids=eos, max_new_tokens=max_new_tokens, seeds=seeds, normalize=False,
+                        settings=EngineSettings(slots=rows), mesh=mesh)
+        # The stop token (and an EOS before it) dropped.
+        return [Trace(tuple(int(t) for t in g.tokens[:len(g.tokens) - 1 - int(g.stopped_eos)]), bool(g.forced))
+                for g in gens]
     out: list[Optional[Trace]] = [None] * len(prompts)
     for batch in length_batches([len(p) for p in prompts], rows):
         batch_prompts = [prompts[i] for i in batch]

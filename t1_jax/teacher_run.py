@@ -2,8 +2,9 @@
 
 Rows are (record, sample k) pairs in input order (record-major). They are cut into chunks of ``chunk_rows``
 consecutive rows, fixed by input order alone. A chunk with any row not yet written is generated whole
-(:func:`t1_jax.teacher.generate_traces`, so its batches and, for sampled decoding, its draws are those of an
-uninterrupted run) and its missing rows are written at once, durably (``t1_jax.teacher_io``). So a killed run, run
+(:func:`t1_jax.teacher.generate_traces`: continuous batching with one key per row in one process; on several
+processes fixed batches, whose draws are those of an uninterrupted run because the chunk is) and its missing rows are
+written at once, durably (``t1_jax.teacher_io``). So a killed run, run
 again, writes exactly what an uninterrupted run writes. Each row's seed is derived from ``--seed``, the record's id
 and ``k``.
 

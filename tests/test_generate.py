@@ -366,7 +366,7 @@ def test_generate_traces_batches_and_unpacks(monkeypatch):
     monkeypatch.setattr(teacher, "sample", fake_sample)
     prompts = [[7] * n + [30 + i] for i, n in enumerate((2, 9, 4, 12, 1))]
     seeds = [11, 12, 13, 14, 15]
-    args = dict(stop_id=99, eos_ids=(98, 99), batch_size=3)
+    args = dict(stop_id=99, eos_ids=(98, 99), batch_size=3, engine=False)
     traces = teacher.generate_traces(None, None, prompts, SamplingConfig(prompt_buckets=(8, 16)), seeds=seeds, **args)
     assert traces == [teacher.Trace((30, 31), False), teacher.Trace((31, 32), False),  # stop drawn; EOS then stop
                       teacher.Trace((32, 33, 34), True), teacher.Trace((33, 34), False), teacher.Trace((34, 35), False)]
@@ -379,3 +379,50 @@ def test_generate_traces_batches_and_unpacks(monkeypatch):
     assert again == traces and calls[2][2] == key1
     teacher.generate_traces(None, None, prompts, SamplingConfig(prompt_buckets=(8, 16)), seeds=[0] + seeds[1:], **args)
     assert calls[4][2] == key1 and calls[5][2] != key2  # a batch's key follows its own rows' seeds
+
+
+def test_engine_and_batch_paths_give_the_same_greedy_traces_and_per_row_draws():
+    """The seam's two engines on a tiny random model whose stop token is likely (so traces end at different steps):
+    greedy traces equal between continuous batching and fixed batches; on the engine, a sampled trace depends on its
+    own seed only (not the batch size, the order of the prompts or its neighbours)."""
+    import jax
+    from flax import nnx
+
+    from t1_jax import teacher
+    from t1_jax.config import ModelConfig, SamplingConfig
+    from t1_jax.model import Qwen3
+
+    cfg = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, tie_word_embeddings=False, emb_token_id=255)
+    model = Qwen3(cfg, rngs=nnx.Rngs(3))
+    head = np.array(model.lm_head[...])
+    head[5] = 0.05 * np.random.default_rng(1).standard_normal(32)  # the "chat end" token: some rows draw it early
+    model.lm_head[...] = head
+    graphdef, params = nnx.split(model)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(6, 250, size=n).tolist() for n in (3, 11, 6, 17, 2, 9, 5)]
+    seeds = list(range(100, 107))
+    args = dict(stop_id=5, eos_ids=(4,), max_new_tokens=12)
+    greedy = SamplingConfig(prompt_buckets=(16, 32))
+    on_engine = teacher.generate_traces(graphdef, params, prompts, greedy, seeds=seeds, batch_size=3, engine=True,
+                                        **args)
+    on_batches = teacher.generate_traces(graphdef, params, prompts, greedy, seeds=seeds, batch_size=3, engine=False,
+                                         **args)
+    assert on_engine == on_batches
+    lengths = [len(t.token_ids) for t in on_engine]
+    assert len(set(lengths)) > 1 and any(t.hit_budget for t in on_engine) and not all(t.hit_budget for t in on_engine)
+    assert all(5 not in t.token_ids for t in on_engine)  # the stop token is not part of a trace
+
+    hot = SamplingConfig(temperature=1.0, prompt_buckets=(16, 32))
+    drawn = teacher.generate_traces(graphdef, params, prompts, hot, seeds=seeds, batch_size=2, engine=True, **args)
+    order = [6, 2, 0, 4, 1, 5, 3]
+    shuffled = teacher.generate_traces(graphdef, params, [prompts[i] for i in order], hot,
+                                       seeds=[seeds[i] for i in order], batch_size=4, engine=True, **args)
+    assert [shuffled[order.index(i)] for i in range(7)] == drawn
+    alone = teacher.generate_traces(graphdef, params, prompts[3:4], hot, seeds=seeds[3:4], batch_size=1, engine=True,
+                                    **args)
+    assert alone == drawn[3:4]
+    reseeded = teacher.generate_traces(graphdef, params, prompts, hot, seeds=[s + 1 for s in seeds], batch_size=2,
+                                       engine=True, **args)
+    assert reseeded != drawn
+    assert jax.process_count() == 1
