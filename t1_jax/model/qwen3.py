@@ -142,9 +142,17 @@ def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv=None):
     Returns the new residual stream and the (possibly updated) layer cache keys/values.
     """
     h_btd = rms_norm(x_btd, p["attn_norm"], cfg.rms_norm_eps)
-    q = constrain(weight_einsum("btd,nhd->btnh", h_btd, p["q_proj"]), BTNH)
-    k = constrain(weight_einsum("btd,khd->btkh", h_btd, p["k_proj"]), BTKH)
-    v = constrain(weight_einsum("btd,khd->btkh", h_btd, p["v_proj"]), BTKH)
+    if "qkv_proj" in p:  # fused layout (split_layers): q, k and v in one product
+        b, t, _ = h_btd.shape
+        n, kh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qkv_btc = weight_einsum("btd,cd->btc", h_btd, p["qkv_proj"])
+        q = constrain(qkv_btc[..., :n * hd].reshape(b, t, n, hd), BTNH)
+        k = constrain(qkv_btc[..., n * hd:(n + kh) * hd].reshape(b, t, kh, hd), BTKH)
+        v = constrain(qkv_btc[..., (n + kh) * hd:].reshape(b, t, kh, hd), BTKH)
+    else:
+        q = constrain(weight_einsum("btd,nhd->btnh", h_btd, p["q_proj"]), BTNH)
+        k = constrain(weight_einsum("btd,khd->btkh", h_btd, p["k_proj"]), BTKH)
+        v = constrain(weight_einsum("btd,khd->btkh", h_btd, p["v_proj"]), BTKH)
     q = apply_rope(rms_norm(q, p["q_norm"], cfg.rms_norm_eps), cos, sin)
     k_bkth = apply_rope(rms_norm(k, p["k_norm"], cfg.rms_norm_eps), cos, sin).transpose(0, 2, 1, 3)
     v_bkth = v.transpose(0, 2, 1, 3)
@@ -158,8 +166,13 @@ def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv=None):
     out = constrain(attention(q, k_bksh, v_bksh, allowed_bts, to_dtype(cfg.compute_dtype)), BTNH)
     x_btd = constrain(x_btd + weight_einsum("btnh,dnh->btd", out, p["o_proj"]), BTD)
     h_btd = rms_norm(x_btd, p["mlp_norm"], cfg.rms_norm_eps)
-    gate = constrain(weight_einsum("btd,fd->btf", h_btd, p["gate_proj"]), BTF)
-    up = constrain(weight_einsum("btd,fd->btf", h_btd, p["up_proj"]), BTF)
+    if "gate_up_proj" in p:  # fused layout: gate and up in one product
+        gate_up_btf = weight_einsum("btd,fd->btf", h_btd, p["gate_up_proj"])
+        f = cfg.intermediate_size
+        gate, up = constrain(gate_up_btf[..., :f], BTF), constrain(gate_up_btf[..., f:], BTF)
+    else:
+        gate = constrain(weight_einsum("btd,fd->btf", h_btd, p["gate_proj"]), BTF)
+        up = constrain(weight_einsum("btd,fd->btf", h_btd, p["up_proj"]), BTF)
     x_btd = constrain(x_btd + weight_einsum("btf,df->btd", jax.nn.silu(gate) * up, p["down_proj"]), BTD)
     return x_btd, new_kv
 
@@ -287,10 +300,20 @@ class Qwen3(nnx.Module):
 @functools.partial(jax.jit, static_argnums=0)
 def split_layers(graphdef, params) -> tuple[dict, ...]:
     """The stacked layer parameters as one dict of arrays per layer (one copy, made once per decode call), so an
-    unrolled decode step reads each layer's weights where they lie instead of slicing (copying) them every step."""
+    unrolled decode step reads each layer's weights where they lie instead of slicing (copying) them every step.
+
+    The copy is also fused: ``qkv_proj [(n + 2k) h, d]`` (q, k and v rows) and ``gate_up_proj [2f, d]`` replace their
+    parts, so a decode step reads them in one product each (on CPU a few-row product runs closer to the memory
+    bandwidth the more rows its weight has: see docs/benchmarks.md)."""
     arrays = nnx.merge(graphdef, params).layers.arrays()
     n = next(iter(arrays.values())).shape[0]
-    return tuple({name: a[i] for name, a in arrays.items()} for i in range(n))
+    d = arrays["q_proj"].shape[-1]
+    fused = {
+        "qkv_proj": jnp.concatenate([arrays[name].reshape(n, -1, d) for name in ("q_proj", "k_proj", "v_proj")], 1),
+        "gate_up_proj": jnp.concatenate([arrays["gate_proj"], arrays["up_proj"]], axis=1),
+    }
+    kept = {name: a for name, a in arrays.items() if name not in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")}
+    return tuple({name: a[i] for name, a in {**kept, **fused}.items()} for i in range(n))
 
 
 def abstract_model(cfg: ModelConfig) -> Qwen3:
