@@ -9,7 +9,9 @@ Two figures per side, each the median of ``--repeats`` warm runs (compilation an
 - decode step: (time for ``--new`` tokens - time for 1 token) / (``--new`` - 1), the cost of one more token.
 The roofline of a decode step: the bytes it must read (every layer weight and the tied embedding as LM head, plus
 the KV cache: both sides read their whole cache buffer each step, ours sized prompt + new + 1) divided by the read
-bandwidth, measured in the same run as the best of a jitted float32 sum over a 1 GiB array (2 threads) and numpy's.
+bandwidth: the best of a jitted float32 sum over a 1 GiB array (2 threads) and numpy's, measured before each repeat
+(the repeats interleave the bandwidth, our calls and transformers' calls; each repeat's steps are set against its own
+bandwidth).
 
     python benchmarks/bench_decode.py                 # Qwen3-0.6B shape (28 layers)
     python benchmarks/bench_decode.py --layers 8      # the 0.6B widths with fewer layers (faster)
@@ -101,29 +103,38 @@ def main() -> int:
     t0 = time.perf_counter()
     first = run_ours(args.new + 1)
     compile_s = time.perf_counter() - t0
-    run_ours(2)
+    run_ours(args.new)  # the timed calls: max_new_tokens is static, so each length compiles once, here
+    run_ours(1)
     same = bool((np.asarray(first.tokens_bt)[:, :args.new] == hf_tokens).all())
 
-    def timings(fn):
-        long_, short = [], []
-        for _ in range(args.repeats):
-            for n, out in ((args.new, long_), (1, short)):
+    # Interleaved: each repeat measures the read bandwidth, then both sides (this VM's bandwidth drifts by +-15%
+    # between minutes: a roofline from one moment and steps from another would mix two machines).
+    calls = {"ours": (run_ours, {}), "hf": (lambda n: run_hf(n, eos=unused), {})}
+    bandwidths = []
+    for _ in range(args.repeats):
+        bandwidths.append(read_bandwidth(repeats=3))
+        for fn, out in calls.values():
+            for n in (args.new, 1):
                 t = time.perf_counter()
                 fn(n)
-                out.append(time.perf_counter() - t)
-        long_ = np.array(long_)
-        step = (long_ - np.array(short)) / (args.new - 1)
-        return long_, step
+                out.setdefault(n, []).append(time.perf_counter() - t)
 
-    ours_total, ours_step = timings(run_ours)
-    hf_total, hf_step = timings(lambda n: run_hf(n, eos=unused))
-    bandwidth = read_bandwidth()
+    def total_and_step(name):
+        out = calls[name][1]
+        long_ = np.array(out[args.new])
+        return long_, (long_ - np.array(out[1])) / (args.new - 1)
+
+    ours_total, ours_step = total_and_step("ours")
+    hf_total, hf_step = total_and_step("hf")
+    bandwidths = np.array(bandwidths)
+    bandwidth = float(np.median(bandwidths))
     d, kv, h = shape.hidden_size, shape.num_kv_heads, shape.head_dim
     weight_bytes = 4 * (args.layers * sum(int(np.prod(s)) for s in layer_shapes(shape).values())
                         + shape.vocab_size * d)
     cache_len = args.prompt + args.new + 1
     kv_bytes = 4 * 2 * args.layers * args.batch * kv * h * cache_len
     roofline_s = (weight_bytes + kv_bytes) / bandwidth
+    roofline_runs = (weight_bytes + kv_bytes) / bandwidths  # each repeat's own roofline
     tokens = args.batch * args.new
 
     def spread(a):
@@ -133,12 +144,14 @@ def main() -> int:
           f"({os.cpu_count()} cores), torch threads {torch.get_num_threads()}; {args.repeats} runs each")
     print(f"batch {args.batch}, prompt {args.prompt}, new tokens {args.new}; greedy tokens identical: {same}; "
           f"our first call incl. compile {compile_s:.1f}s")
-    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s; bytes per decode step: weights {weight_bytes / 1e9:.3f} GB + "
+    print(f"read bandwidth median {bandwidth / 1e9:.1f} GB/s (range {bandwidths.min() / 1e9:.1f}-"
+          f"{bandwidths.max() / 1e9:.1f}); bytes per decode step: weights {weight_bytes / 1e9:.3f} GB + "
           f"KV cache {kv_bytes / 1e6:.1f} MB -> roofline {roofline_s * 1e3:.1f} ms/step "
           f"({args.batch / roofline_s:.1f} tokens/s)")
     for name, total, step in (("t1_jax sampler", ours_total, ours_step), ("transformers  ", hf_total, hf_step)):
         print(f"{name}: end to end {tokens / np.median(total):6.1f} tokens/s ({spread(total)} per call); "
-              f"decode step {spread(step)} = {roofline_s / np.median(step):.0%} of roofline")
+              f"decode step {spread(step)} = {np.median(roofline_runs / step):.0%} of roofline (median of the "
+              f"repeats' own; range {np.min(roofline_runs / step):.0%}-{np.max(roofline_runs / step):.0%})")
     print(f"ratio (ours / transformers): end to end {np.median(hf_total) / np.median(ours_total):.2f}x, "
           f"decode step {np.median(hf_step) / np.median(ours_step):.2f}x")
     return 0 if same else 1
