@@ -99,18 +99,25 @@ def row_seed(seed: int, key: str, k: int) -> int:
 
 
 def output_line(record: TeacherRecord, k: int, samples: int, text: str, tokens: int, hit_budget: bool,
-                keep_cut: bool) -> str:
+                keep_cut: bool, judged: Optional[dict] = None) -> str:
     """The record with ``reasoning`` and ``teacher`` set, as one jsonl line. With several samples the id field (when
     there is one) becomes ``<id>#<k>``, so ids stay unique; a trace cut at the budget is written as an empty
-    reasoning (stage 2 skips it) with the cut text in ``teacher.cut_reasoning``, unless ``keep_cut``."""
+    reasoning (stage 2 skips it) with the cut text in ``teacher.cut_reasoning``, unless ``keep_cut``. ``judged``:
+    the ``--filter`` verdict (``t1_jax.teacher_filter.verdict``), kept in ``teacher.filter``; a trace it does not
+    keep is written empty too, its text in ``teacher.filtered_reasoning``."""
     obj = dict(record.obj)
     if samples > 1 and record.id_field is not None:
         obj[record.id_field] = row_id(record.key, k)
     cut = hit_budget and not keep_cut
-    obj["reasoning"] = "" if cut else text
+    dropped = not cut and judged is not None and not judged["kept"]
+    obj["reasoning"] = "" if cut or dropped else text
     meta = {"id": row_id(record.key, k), "sample": k, "tokens": tokens, "hit_budget": hit_budget}
     if cut:
         meta["cut_reasoning"] = text
+    if judged is not None and not cut:
+        meta["filter"] = judged
+    if dropped:
+        meta["filtered_reasoning"] = text
     obj[META] = meta
     return json.dumps(obj, ensure_ascii=False) + "\n"
 

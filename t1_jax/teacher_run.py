@@ -25,6 +25,7 @@ import numpy as np
 from t1_jax import fs
 from t1_jax.config import SamplingConfig
 from t1_jax.teacher import generate_traces
+from t1_jax.teacher_filter import FilterSettings, verdict
 from t1_jax.teacher_io import AppendFile, ChunkFiles, TeacherRecord, output_line, row_id, row_seed
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class GenerateSettings:
     samples: int = 1
     seed: int = 0
     keep_cut: bool = False  # write traces cut at the budget as they are (default: empty reasoning)
+    filter: Optional[FilterSettings] = None  # --filter: keep a trace only if its example's positive ranks top-k
 
     def validate(self) -> list[str]:
         errors = [f"--{n.replace('_', '-')} must be positive, got {getattr(self, n)}"
@@ -99,7 +101,7 @@ class GenerateSettings:
         if self.samples > 1 and self.sampling.temperature == 0:
             errors.append(f"--samples {self.samples} with greedy decoding would write one trace {self.samples} "
                           f"times: set sampling.temperature > 0 (--set sampling.temperature=0.7)")
-        return errors + self.sampling.validate()
+        return errors + self.sampling.validate() + (self.filter.validate() if self.filter else [])
 
 
 def percentiles(values: Sequence[int]) -> dict[str, float]:
@@ -130,8 +132,9 @@ def open_output(out: str):
 
 
 def run_generation(teacher: Teacher, records: Sequence[TeacherRecord], prompts: Sequence[Sequence[int]], sink,
-                   settings: GenerateSettings, out: str = "") -> dict:
-    """Generate every row of ``records`` that ``sink`` (:func:`open_output`) lacks; returns the summary."""
+                   settings: GenerateSettings, out: str = "", scorer=None) -> dict:
+    """Generate every row of ``records`` that ``sink`` (:func:`open_output`) lacks; returns the summary.
+    ``scorer``: the ``--filter`` scorer (``t1_jax.teacher_filter.make_scorer``) when ``settings.filter`` is set."""
     import jax
 
     from t1_jax.observe import progress
@@ -162,9 +165,12 @@ def run_generation(teacher: Teacher, records: Sequence[TeacherRecord], prompts: 
                 mesh=teacher.mesh, batch_size=settings.batch_size, pad_id=teacher.pad_id)
             generated += len(chunk)
             tokens += sum(len(t.token_ids) for t in traces)
+            texts = [_text(teacher, t) for t in traces]
+            cut = [t.hit_budget and not settings.keep_cut for t in traces]
+            verdicts = _verdicts(scorer, settings, [(records[rows[i][0]], x) for i, x in zip(chunk, texts)], cut)
             if lead:
-                new = [(i, t) for i, t in zip(chunk, traces) if ids[i] not in done]
-                sink.write(new[0][0], [_line(teacher, records, rows[i], t, settings) for i, t in new])
+                new = [(i, t, x, v) for i, t, x, v in zip(chunk, traces, texts, verdicts) if ids[i] not in done]
+                sink.write(new[0][0], [_line(records, rows[i], t, x, v, settings) for i, t, x, v in new])
                 written += len(new)
                 bar.update(len(new))
             bar.set_postfix_str(f"{tokens / max(time.time() - t0, 1e-9):.0f} tok/s", refresh=False)
@@ -182,11 +188,33 @@ def run_generation(teacher: Teacher, records: Sequence[TeacherRecord], prompts: 
         return {**summary, "process": jax.process_index(), "note": "process 0 writes the output"}
     metas = sink.finish(ids)
     lengths = [int(m["tokens"]) for m in metas]
-    return {**summary, "traces_in_out": len(metas), "budget_hits": sum(bool(m["hit_budget"]) for m in metas),
-            "cut_written_empty": sum("cut_reasoning" in m for m in metas), "trace_tokens": percentiles(lengths)}
+    summary = {**summary, "traces_in_out": len(metas), "budget_hits": sum(bool(m["hit_budget"]) for m in metas),
+               "cut_written_empty": sum("cut_reasoning" in m for m in metas), "trace_tokens": percentiles(lengths)}
+    if settings.filter is not None:
+        judged = [m["filter"] for m in metas if m.get("filter", {}).get("rank") is not None]
+        kept = sum(bool(f["kept"]) for f in judged)
+        summary["filter"] = {"method": settings.filter.method, "top_k": settings.filter.top_k, "judged": len(judged),
+                             "kept": kept, "kept_fraction": round(kept / len(judged), 4) if judged else None,
+                             "unjudged_kept": sum("filter" in m for m in metas) - len(judged)}
+    return summary
 
 
-def _line(teacher: Teacher, records: Sequence[TeacherRecord], row: tuple[int, int], trace, settings) -> str:
-    text = teacher.tokenizer.decode(list(trace.token_ids), skip_special_tokens=True).strip()
+def _text(teacher: Teacher, trace) -> str:
+    return teacher.tokenizer.decode(list(trace.token_ids), skip_special_tokens=True).strip()
+
+
+def _verdicts(scorer, settings: GenerateSettings, rows, cut: Sequence[bool]) -> list:
+    """The --filter verdict of each (record, trace text) row of a chunk (None without a filter, and for a trace
+    written empty as cut). Every process judges the whole chunk (a T1 scorer runs programs over the whole mesh)."""
+    out: list = [None] * len(rows)
+    if settings.filter is None:
+        return out
+    judge = [i for i, c in enumerate(cut) if not c]
+    for i, rank in zip(judge, scorer.ranks([rows[i] for i in judge]) if judge else []):
+        out[i] = verdict(settings.filter, rank)
+    return out
+
+
+def _line(records: Sequence[TeacherRecord], row: tuple[int, int], trace, text: str, judged, settings) -> str:
     return output_line(records[row[0]], row[1], settings.samples, text, len(trace.token_ids), trace.hit_budget,
-                       settings.keep_cut)
+                       settings.keep_cut, judged)

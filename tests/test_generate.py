@@ -426,3 +426,86 @@ def test_engine_and_batch_paths_give_the_same_greedy_traces_and_per_row_draws():
                                        engine=True, **args)
     assert reseeded != drawn
     assert jax.process_count() == 1
+
+
+def test_filter_ranks_the_positive_among_its_own_candidates(tmp_path):
+    """--filter's scorers on hand-made records: BM25 over query + trace keeps a trace that names the positive's
+    words and drops one that names a negative's; ties count against the positive; records without a negative are
+    unjudged (kept); malformed candidates name file:line."""
+    from t1_jax.data.readers import DataError
+    from t1_jax.teacher_filter import FilterSettings, make_scorer, rank_of_positive, verdict
+
+    assert rank_of_positive(np.array([0.5, 0.2, 0.9, 0.5]), 1) == 3  # one negative above, one tied: rank 3
+    assert rank_of_positive(np.array([0.1, 0.7, 0.2]), 2) == 1  # the best of two positives counts
+    rows = [{"id": "a", "query": "which metal melts lowest", "positives": ["gallium melts in the hand at 30 celsius"],
+             "negatives": ["tungsten has the highest melting point of any metal"]},
+            {"id": "b", "query": "which metal melts lowest", "positives": [{"title": "Gallium",
+                                                                            "text": "melts in the hand"}],
+             "negatives": ["tungsten has the highest melting point", "iron rusts in water"]},
+            {"id": "c", "query": "a record with no negative", "positives": ["anything"]}]
+    records = _records(rows, tmp_path)
+    settings = FilterSettings("bm25", top_k=1)
+    scorer = make_scorer(records, settings)
+    ranks = scorer.ranks([(records[0], "gallium celsius hand"), (records[0], "tungsten highest point"),
+                          (records[1], "gallium hand"), (records[1], "tungsten highest rusts iron water"),
+                          (records[2], "whatever")])
+    assert ranks[0] == 1 and ranks[1] == 2 and ranks[2] == 1 and ranks[3] in (2, 3) and ranks[4] is None
+    assert [verdict(settings, r)["kept"] for r in ranks] == [True, False, True, False, True]
+    assert verdict(FilterSettings("bm25", top_k=3), 3)["kept"]
+    assert FilterSettings("t1").validate() == ["--filter t1 needs --filter-checkpoint DIR (a T1 model that scores "
+                                               "the traces)"]
+    assert "not a filter" in FilterSettings("dense").validate()[0]
+    bad = _records([{"query": "q", "positives": [3], "negatives": ["n"]}], tmp_path)
+    with pytest.raises(DataError, match=r"records.jsonl:1: field 'positives' holds int"):
+        make_scorer(bad, settings)
+
+
+def test_generate_with_filters_writes_verdicts_and_the_kept_fraction(teacher, tmp_path, capsys):
+    """t1 generate --filter bm25 on records built so that half can never rank their positive first (a negative
+    repeats the query) and half always do; then --filter t1 with the teacher folder as the T1 model: its ranks equal
+    a float64 numpy ranking of the Encoder's own embeddings of the same texts."""
+    from t1_jax.encoder import Encoder
+    from t1_jax.teacher_filter import rank_of_positive
+
+    rows = []
+    for i in range(16):
+        q = f"why does the {TOPICS[i % len(TOPICS)]} number {i} glow at night"
+        strong, weak = f"{q} {q} {q}", f"an unrelated note about tax forms {i}"
+        rows.append({"id": f"r{i}", "query": q, "positives": [strong if i % 2 == 0 else weak],
+                     "negatives": [weak if i % 2 == 0 else strong, f"another note {i}"]})
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["generate", "--checkpoint", str(teacher), "--queries", str(queries), "--set", "sampling.max_new_tokens=4",
+            "sampling.prompt_buckets=256", "text.max_query_tokens=256", "--batch-size", "8", "--keep-cut"]
+    out = tmp_path / "bm25.jsonl"
+    capsys.readouterr()
+    assert cli.main([*base, "--out", str(out), "--filter", "bm25"]) == 0
+    summary = _summary(capsys)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    kept = [x["teacher"]["filter"]["kept"] for x in lines]
+    assert kept == [i % 2 == 0 for i in range(16)]
+    assert all(x["reasoning"] == "" and "filtered_reasoning" in x["teacher"] for x, k in zip(lines, kept) if not k)
+    assert all(x["reasoning"] == x["teacher"].get("filtered_reasoning", x["reasoning"]) for x in lines if
+               x["teacher"]["filter"]["kept"])
+    assert summary["filter"] == {"method": "bm25", "top_k": 1, "judged": 16, "kept": 8, "kept_fraction": 0.5,
+                                 "unjudged_kept": 0}
+
+    out_t1 = tmp_path / "t1.jsonl"
+    assert cli.main([*base, "--out", str(out_t1), "--filter", "t1", "--filter-checkpoint", str(teacher),
+                     "--filter-top-k", "2"]) == 0
+    lines = [json.loads(x) for x in out_t1.read_text().splitlines()]
+    enc = Encoder.from_checkpoint(str(teacher))
+    fmt = enc.formatter
+    traces = [x.get("reasoning") or x["teacher"].get("filtered_reasoning", "") for x in lines]
+    q = enc.embed_encoded(fmt.encode_many("query_with_reasoning", [(r["query"], t) for r, t in zip(rows, traces)]))
+    for r, x, q_d in zip(rows, lines, q.astype(np.float64)):
+        d = enc.encode_documents(r["positives"] + r["negatives"]).astype(np.float64)
+        assert x["teacher"]["filter"]["rank"] == rank_of_positive(d @ q_d, 1)
+        assert x["teacher"]["filter"]["kept"] == (x["teacher"]["filter"]["rank"] <= 2)
+    assert cli.main([*base, "--out", str(tmp_path / "x.jsonl"), "--filter-checkpoint", str(teacher)]) == 1
+    assert "--filter-checkpoint is the model of --filter t1" in capsys.readouterr().err
+
+
+def _summary(capsys):
+    text = capsys.readouterr().out
+    return json.loads(text[text.index("{\n"):])

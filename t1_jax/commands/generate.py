@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-cut", action="store_true", help="write traces that hit sampling.max_new_tokens as "
                         "they are (default: an empty reasoning, which stage 2 skips, with the cut text in "
                         "teacher.cut_reasoning)")
+    parser.add_argument("--filter", default=None, choices=("bm25", "t1"), help="keep a trace only if, with it, the "
+                        "record's positive ranks in the top --filter-top-k of its positives + negatives: scored by "
+                        "BM25 (query + trace) or by a T1 model (--filter-checkpoint); a trace not kept is written "
+                        "with an empty reasoning (default: off; docs/generate.md)")
+    parser.add_argument("--filter-top-k", type=int, default=1, metavar="K", help="rank the positive must reach "
+                        "(default: 1, above every negative)")
+    parser.add_argument("--filter-checkpoint", default=None, metavar="DIR", help="the T1 model of --filter t1")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <checkpoint>/tokenizer)")
     parser.add_argument("--stop-token", default="<|im_end|>", help="the chat end token generation stops at")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per sampler call over the whole mesh "
@@ -61,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from t1_jax import config as config_lib
     from t1_jax import distributed
     from t1_jax.mesh import batch_shard_count, make_mesh
+    from t1_jax.teacher_filter import FilterSettings, make_scorer
     from t1_jax.teacher_io import read_records
     from t1_jax.teacher_prompt import TeacherPrompter, domain_tasks
     from t1_jax.teacher_run import GenerateSettings, load_teacher, open_output, run_generation
@@ -78,11 +86,15 @@ def run(args: argparse.Namespace) -> int:
     mesh = make_mesh(cfg.mesh)  # the whole slice: a large teacher may need more chips than one host has
     batch = args.batch_size or cfg.data.global_batch_size
     batch = -(-batch // batch_shard_count(mesh)) * batch_shard_count(mesh)
+    if args.filter_checkpoint and not args.filter:
+        raise ValueError("--filter-checkpoint is the model of --filter t1: add --filter t1")
+    judge = FilterSettings(args.filter, args.filter_top_k, args.filter_checkpoint) if args.filter else None
     settings = GenerateSettings(sampling=cfg.sampling, batch_size=batch, chunk_rows=args.chunk_rows or 8 * batch,
-                                samples=args.samples, seed=args.seed, keep_cut=args.keep_cut)
+                                samples=args.samples, seed=args.seed, keep_cut=args.keep_cut, filter=judge)
     errors = settings.validate()
     if errors:
         raise ValueError("; ".join(errors))
+    scorer = make_scorer(records, judge, mesh) if judge else None  # before the teacher: bad candidates fail early
     teacher = load_teacher(args.checkpoint, mesh, args.tokenizer, args.stop_token)
     prompter = TeacherPrompter(teacher.tokenizer, prompt)
     prompts, cut = prompter.ids([r.query for r in records], [r.task for r in records])
@@ -93,6 +105,6 @@ def run(args: argparse.Namespace) -> int:
     mode = "greedy" if s.temperature == 0 else f"temperature {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}"
     print(f"t1 generate: {mode}, up to {s.max_new_tokens} tokens before {args.stop_token}; {batch} rows per batch "
           f"on a {'x'.join(map(str, mesh.devices.shape))} mesh (data x fsdp x tensor)")
-    summary = run_generation(teacher, records, prompts, sink, settings, out=args.out)
+    summary = run_generation(teacher, records, prompts, sink, settings, out=args.out, scorer=scorer)
     print(json.dumps(summary, indent=2))
     return 0

@@ -76,6 +76,16 @@ class BM25Index:
         idx_bk, scores_bk = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=0)
         return np.asarray(scores_bk, dtype=np.float64), self.doc_ids[np.asarray(idx_bk)]
 
+    def scores(self, query_text: str) -> np.ndarray:
+        """float64 ``[N]``: the BM25 score of every document (in index order) for one query."""
+        tokens = self._tokenizer.tokenize(_prepare([query_text]), update_vocab=False, return_as="tuple",
+                                          show_progress=False)
+        unknown = tokens.vocab.get("")  # the id bm25s gives a query with no indexed word
+        ids = [int(i) for i in tokens.ids[0] if i != unknown]
+        if not ids:
+            return np.zeros(len(self.doc_ids), np.float64)
+        return np.asarray(self._bm25.get_scores(ids), dtype=np.float64)
+
 
 def bm25_run(doc_ids: Sequence[str], doc_texts: Sequence[str], query_ids: Sequence[str], query_texts: Sequence[str],
              k: int = 100, settings: BM25Settings = BM25Settings()) -> dict[str, dict[str, float]]:
