@@ -404,9 +404,9 @@ def test_engine_and_batch_paths_give_the_same_greedy_traces_and_per_row_draws():
     seeds = list(range(100, 107))
     args = dict(stop_id=5, eos_ids=(4,), max_new_tokens=12)
     greedy = SamplingConfig(prompt_buckets=(16, 32))
-    on_engine = teacher.generate_traces(graphdef, params, prompts, greedy, seeds=seeds, batch_size=3, engine=True,
+    on_engine = teacher.generate_traces(graphdef, params, prompts, greedy, seeds=seeds, batch_size=4, engine=True,
                                         **args)
-    on_batches = teacher.generate_traces(graphdef, params, prompts, greedy, seeds=seeds, batch_size=3, engine=False,
+    on_batches = teacher.generate_traces(graphdef, params, prompts, greedy, seeds=seeds, batch_size=4, engine=False,
                                          **args)
     assert on_engine == on_batches
     lengths = [len(t.token_ids) for t in on_engine]
@@ -414,15 +414,12 @@ def test_engine_and_batch_paths_give_the_same_greedy_traces_and_per_row_draws():
     assert all(5 not in t.token_ids for t in on_engine)  # the stop token is not part of a trace
 
     hot = SamplingConfig(temperature=1.0, prompt_buckets=(16, 32))
-    drawn = teacher.generate_traces(graphdef, params, prompts, hot, seeds=seeds, batch_size=2, engine=True, **args)
-    order = [6, 2, 0, 4, 1, 5, 3]
+    drawn = teacher.generate_traces(graphdef, params, prompts, hot, seeds=seeds, batch_size=4, engine=True, **args)
+    order = [6, 2, 0, 4, 1, 5, 3]  # other neighbours, another slot count
     shuffled = teacher.generate_traces(graphdef, params, [prompts[i] for i in order], hot,
-                                       seeds=[seeds[i] for i in order], batch_size=4, engine=True, **args)
+                                       seeds=[seeds[i] for i in order], batch_size=2, engine=True, **args)
     assert [shuffled[order.index(i)] for i in range(7)] == drawn
-    alone = teacher.generate_traces(graphdef, params, prompts[3:4], hot, seeds=seeds[3:4], batch_size=1, engine=True,
-                                    **args)
-    assert alone == drawn[3:4]
-    reseeded = teacher.generate_traces(graphdef, params, prompts, hot, seeds=[s + 1 for s in seeds], batch_size=2,
+    reseeded = teacher.generate_traces(graphdef, params, prompts, hot, seeds=[s + 1 for s in seeds], batch_size=4,
                                        engine=True, **args)
     assert reseeded != drawn
     assert jax.process_count() == 1
