@@ -197,13 +197,15 @@ class EngineSettings:
 def generate_iter(graphdef, params, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, emb_token_id: int,
                   eos_token_ids: Sequence[int] = (), max_new_tokens: Union[None, int, Sequence[int]] = None,
                   seeds: Optional[Sequence[int]] = None, rng: Optional[jax.Array] = None, normalize: bool = True,
-                  settings: EngineSettings = EngineSettings(), mesh: Optional[Mesh] = None
+                  settings: EngineSettings = EngineSettings(), mesh: Optional[Mesh] = None, layers=None
                   ) -> Iterator[tuple[int, Generation]]:
     """Yield ``(prompt index, Generation)`` as sequences finish (not in input order).
 
     ``prompts``: token ids (unpadded). ``max_new_tokens``: the reasoning budget, one for all or one per prompt
     (default ``cfg.max_new_tokens``). ``seeds``: one per prompt (default: its index); with ``rng`` (default key 0)
     they give each sequence its own key, so sampled output does not depend on the slot count or the other prompts.
+    ``layers``: the CPU decode layout's per-layer weights (``t1_jax.sampler.layer_weights``) when the caller already
+    made them for these parameters (several calls with unchanged weights split them once); default: made here.
     """
     problems = cfg.validate()
     if problems:
@@ -227,7 +229,7 @@ def generate_iter(graphdef, params, prompts: Sequence[Sequence[int]], cfg: Sampl
         raise ValueError(f"engine slots ({b}) must be a multiple of the mesh's batch shards ({shards})")
     model_cfg = nnx.merge(graphdef, params).cfg
     static = _static_settings(float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
-    layers = layer_weights(graphdef, params, mesh)
+    layers = layer_weights(graphdef, params, mesh) if layers is None else layers
     base = jax.random.key(0) if rng is None else rng
     eos_v = jnp.asarray(eos + (-1,) * (max(4, -(-len(eos) // 4) * 4) - len(eos)), jnp.int32)
     emb_id = jnp.int32(emb_token_id)

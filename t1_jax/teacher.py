@@ -82,7 +82,7 @@ def _to_host(tree):
 def generate_traces(graphdef, params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *, stop_id: int,
                     eos_ids: Sequence[int], seeds: Sequence[int], max_new_tokens: Optional[int] = None,
                     mesh: Optional[Mesh] = None, batch_size: int, pad_id: int = 0,
-                    engine: Optional[bool] = None) -> list[Trace]:
+                    engine: Optional[bool] = None, layers=None) -> list[Trace]:
     """One :class:`Trace` per prompt, in input order (see the module doc for batching and randomness).
 
     ``prompts``: token ids ending where the teacher starts writing (the chat template's generation prompt).
@@ -91,6 +91,8 @@ def generate_traces(graphdef, params, prompts: Sequence[Sequence[int]], sampling
     ``eos_ids``: other end tokens (after one the trace ends too). ``seeds``: one per prompt. ``mesh``: the batch is
     split over its ``data x fsdp`` (parameters already placed on it). ``batch_size``: decode slots (engine) or rows
     per sampler call. ``engine``: continuous batching (default: when the run is a single process) or fixed batches.
+    ``layers``: per-layer weights for the engine, made once by a caller that calls this repeatedly
+    (``t1_jax.sampler.layer_weights``).
     """
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -104,7 +106,7 @@ def generate_traces(graphdef, params, prompts: Sequence[Sequence[int]], sampling
     if engine:
         gens = generate(graphdef, params, [list(p) for p in prompts], sampling, emb_token_id=stop_id,
                         eos_token_ids=eos, max_new_tokens=max_new_tokens, seeds=seeds, normalize=False,
-                        settings=EngineSettings(slots=rows), mesh=mesh)
+                        settings=EngineSettings(slots=rows), mesh=mesh, layers=layers)
         # The stop token (and an EOS before it) dropped.
         return [Trace(tuple(int(t) for t in g.tokens[:len(g.tokens) - 1 - int(g.stopped_eos)]), bool(g.forced))
                 for g in gens]

@@ -24,6 +24,7 @@ import numpy as np
 
 from t1_jax import fs
 from t1_jax.config import SamplingConfig
+from t1_jax.sampler import layer_weights
 from t1_jax.teacher import generate_traces
 from t1_jax.teacher_filter import FilterSettings, verdict
 from t1_jax.teacher_io import AppendFile, ChunkFiles, TeacherRecord, output_line, row_id, row_seed
@@ -153,6 +154,9 @@ def run_generation(teacher: Teacher, records: Sequence[TeacherRecord], prompts: 
     skipped = len(rows) - missing
     log.info("teacher: %d records x %d samples = %d traces; %d already written, %d to generate in %d chunks of up "
              "to %d rows", len(records), settings.samples, len(rows), skipped, missing, len(todo), settings.chunk_rows)
+    # The engine's per-layer weights (CPU decode layout), split once for every chunk rather than once per chunk.
+    layers = layer_weights(teacher.graphdef, teacher.params, teacher.mesh) if todo and jax.process_count() == 1 \
+        else None
     bar = progress(None, total=len(rows), initial=skipped, desc="teacher traces", unit="trace")
     generated = tokens = written = 0
     t0 = time.time()
@@ -162,7 +166,7 @@ def run_generation(teacher: Teacher, records: Sequence[TeacherRecord], prompts: 
                 teacher.graphdef, teacher.params, [prompts[rows[i][0]] for i in chunk], settings.sampling,
                 stop_id=teacher.stop_id, eos_ids=teacher.eos_ids,
                 seeds=[row_seed(settings.seed, records[rows[i][0]].key, rows[i][1]) for i in chunk],
-                mesh=teacher.mesh, batch_size=settings.batch_size, pad_id=teacher.pad_id)
+                mesh=teacher.mesh, batch_size=settings.batch_size, pad_id=teacher.pad_id, layers=layers)
             generated += len(chunk)
             tokens += sum(len(t.token_ids) for t in traces)
             texts = [_text(teacher, t) for t in traces]
