@@ -64,8 +64,10 @@ def data(tmp_path_factory):
     (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
     (beir / "qrels" / "test.tsv").write_text("".join(f"q{i}\t0\td{3 * i}\t1\n" for i in range(NUM_QUERIES)))
     bright = root / "bright"
-    for sub in ("examples", "documents", "long_documents"):
+    for sub in ("examples", "documents", "long_documents", "qrels"):
         (bright / sub).mkdir(parents=True)
+    (bright / "qrels" / "qrels.bright-biology.txt").write_text("".join(
+        f"q{i} 0 d{3 * i + j} 1\n" for i in range(NUM_QUERIES) for j in (0, 1)))
     with open(bright / "examples" / "biology.jsonl", "w") as f:
         for i, (q, t) in enumerate(queries.items()):
             f.write(json.dumps({"id": q, "query": t, "reasoning": "", "gold_ids": [f"d{3 * i}", f"d{3 * i + 1}"],
