@@ -134,9 +134,19 @@ def test_beir_and_bright_scores_equal_encoding_by_hand(run_dir, data, tmp_path, 
     def refuse(*a, **k):
         raise AssertionError("encoded again")
 
-    monkeypatch.setattr(Encoder, "encode_documents", refuse)
-    monkeypatch.setattr(Encoder, "encode_queries", refuse)
-    monkeypatch.setattr("t1_jax.retrieval.bm25.bm25_run", refuse)
+    with monkeypatch.context() as m:
+        m.setattr(Encoder, "encode_documents", refuse)
+        m.setattr(Encoder, "encode_queries", refuse)
+        m.setattr("t1_jax.retrieval.bm25.bm25_run", refuse)
+        assert cli.main(_eval(run_dir, work, "--beir", str(data["beir"]), "--bright", str(data["bright"]),
+                              "--no-reasoning")) == 0
+        assert _table(capsys.readouterr().out) == table
+
+    # What a kill leaves (a store chunk without its done-marker, query parts missing) is encoded again: same table.
+    for marker in (work / "biology" / "store" / "done").iterdir():
+        marker.unlink()
+    for part in list((work / "toy" / "queries").rglob("part-*.npz"))[::2]:
+        part.unlink()
     assert cli.main(_eval(run_dir, work, "--beir", str(data["beir"]), "--bright", str(data["bright"]),
                           "--no-reasoning")) == 0
     assert _table(capsys.readouterr().out) == table
@@ -184,6 +194,7 @@ def test_bad_inputs_one_line_before_any_work(run_dir, data, tmp_path, capsys):
     assert not (work / "toy" / "store").exists()
 
 
+@pytest.mark.slow  # three processes (start, JAX, compile): the in-process resume is in the first test
 def test_killed_run_resumes_to_the_same_table(run_dir, data, tmp_path):
     """SIGKILL while queries are being reasoned (one query per part), then the same command: the same table."""
     env = {**os.environ, "T1_NO_PROGRESS": "1", "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu"}

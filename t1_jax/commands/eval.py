@@ -77,7 +77,7 @@ def _checkpoint_systems(args: argparse.Namespace, datasets, systems: dict):
     """The T1 rows (reasoning, and direct queries with --no-reasoning): inputs checked, model loaded, documents
     scanned and the workdir checked against them, all before the first encoding."""
     from t1_jax import fs
-    from t1_jax.commands.embed import load_encoder
+    from t1_jax.commands.embed import lead_host_only, load_encoder
     from t1_jax.encoder import fingerprint_of
     from t1_jax.retrieval import checkpoint_eval as ce
     from t1_jax.retrieval.index import settings_from_config
@@ -87,10 +87,13 @@ def _checkpoint_systems(args: argparse.Namespace, datasets, systems: dict):
     if not fs.exists(args.checkpoint):
         raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist (a `t1 train` workdir or a model "
                                 f"folder)")
+    ce.check_tokenizer(model_dir(args.checkpoint), args.tokenizer, args.config, args.overrides)
     fingerprint = fingerprint_of(model_dir(args.checkpoint))
     name = args.name or ce.model_name(args.checkpoint)
     workdir = args.workdir or f"runs/eval/{name}-{fingerprint[:8]}"
     ce.check_workdir(workdir, datasets, fingerprint, args.checkpoint)
+    if not lead_host_only("eval"):  # the checks above run on every host; the work on process 0
+        return None
     encoder, cfg = load_encoder(args, args.checkpoint)
     retrieval = cfg.retrieval
     settings = ce.Settings(workdir=workdir, depth=args.depth, search=args.search,
@@ -110,11 +113,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_lib.load_config(args.config, args.overrides) if args.config else config_lib.apply_overrides(
         config_lib.ExperimentConfig(), args.overrides)
-    if args.checkpoint:
-        from t1_jax.commands.embed import lead_host_only
-
-        if not lead_host_only("eval"):
-            return 0
     ks = tuple(args.ks or cfg.eval.ks)
     if any(k <= 0 for k in ks):
         raise ValueError(f"--ks must be positive, got {ks}")
@@ -132,7 +130,10 @@ def run(args: argparse.Namespace) -> int:
     systems = {}
     model_eval = None
     if args.checkpoint:
-        model_eval, cfg = _checkpoint_systems(args, datasets, systems)
+        checked = _checkpoint_systems(args, datasets, systems)
+        if checked is None:
+            return 0
+        model_eval, cfg = checked
         ks = tuple(args.ks or cfg.eval.ks)
     if args.bm25 if args.bm25 is not None else cfg.eval.bm25_baseline:
         systems["bm25"] = ev.bm25_system(k=args.depth)

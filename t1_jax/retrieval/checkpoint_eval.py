@@ -82,6 +82,22 @@ def check_inputs(datasets: Sequence[Dataset]) -> None:
                                     f".parquet under {where}")
 
 
+def check_tokenizer(model_path: str, tokenizer: Optional[str], config: Optional[str], overrides=()) -> None:
+    """The checkpoint has a tokenizer (its ``tokenizer/``, ``--tokenizer`` or ``text.tokenizer``): checked before
+    JAX starts, so the error is the only line."""
+    from t1_jax import config as config_lib
+    from t1_jax import inference_defaults
+    from t1_jax.text import TOKENIZER_SUBDIR
+
+    if tokenizer or fs.isdir(fs.join(model_path, TOKENIZER_SUBDIR)):
+        return
+    cfg = config_lib.load_config(config, overrides) if config else config_lib.apply_overrides(
+        inference_defaults.run_config(model_path)[0], overrides)
+    if not cfg.text.tokenizer:
+        raise ValueError(f"{model_path} has no {TOKENIZER_SUBDIR}/ folder (converted from an HF folder without "
+                         "tokenizer files?) and no tokenizer was given: pass --tokenizer DIR (or text.tokenizer)")
+
+
 def check_workdir(workdir: str, datasets: Sequence[Dataset], fingerprint: str, checkpoint: str) -> None:
     """Refuse a workdir whose stores come from another model, before any work."""
     for d in datasets:
