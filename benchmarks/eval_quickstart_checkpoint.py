@@ -117,6 +117,7 @@ def main() -> int:
     ok &= same
     t0 = time.time()
     again = t1_eval([*bright_args, "--workdir", killed_dir])
+    assert again.returncode == 0, again.stderr[-3000:]
     print(f"re-run on the finished workdir: {time.time() - t0:.1f}s (process start included), same table: "
           f"{table(again.stdout) == table(full.stdout)}")
     return 0 if ok else 1

@@ -335,8 +335,9 @@ class CheckpointEval:
             key = {"documents_sha256": self.scans[dataset.name].sha256, "depth": self.s.depth,
                    "queries": _digest(dataset.queries)}
             path, meta_path = fs.join(out_dir, "bm25.trec"), fs.join(out_dir, "bm25.json")
-            if _read_json(meta_path) == key and fs.exists(path):
-                return read_run(path)
+            meta = _read_json(meta_path) or {}
+            if {k: meta.get(k) for k in key} == key and fs.exists(path):
+                return read_run(path) if meta.get("results") else {}  # BM25 may find nothing (no shared words)
             t0 = time.time()
             try:
                 run = inner(dataset)
@@ -344,7 +345,7 @@ class CheckpointEval:
                 dataset.corpus = None  # BM25's corpus is not kept past its dataset
                 dataset.missing_docs = self.scans[dataset.name].missing_docs
             write_run(path, run, tag="bm25")
-            fs.write_text(meta_path, json.dumps(key, indent=2))
+            fs.write_text(meta_path, json.dumps({**key, "results": sum(map(len, run.values()))}, indent=2))
             self._time(dataset.name, "bm25", time.time() - t0)
             return run
 
