@@ -204,9 +204,12 @@ class Encoder:
 
     def encode_queries(self, queries: Sequence[str], domains: Optional[Sequence[Optional[str]]] = None,
                        reasoning: bool = True, sampling: Optional[SamplingConfig] = None, seed: int = 0,
-                       batch_size: Optional[int] = None) -> tuple[np.ndarray, list[str], dict]:
+                       batch_size: Optional[int] = None, seeds: Optional[Sequence[int]] = None
+                       ) -> tuple[np.ndarray, list[str], dict]:
         """``(embeddings [N, D], reasoning texts, stats)``. With ``reasoning`` the model writes a reasoning trace
-        (sampler, ``sampling`` settings) before ``<embtoken>``; without, ``prompt + <embtoken>`` in one pass."""
+        (sampler, ``sampling`` settings) before ``<embtoken>``; without, ``prompt + <embtoken>`` in one pass.
+        ``seeds``: each query's own draw (default: its index), so a query set encoded in parts with its global
+        indices samples what it would have sampled in one call."""
         encoder = self._with_batch_size(batch_size)
         queries = list(queries)
         t0 = time.time()
@@ -215,9 +218,9 @@ class Encoder:
             emb = encoder.embed_encoded(encoded, desc="queries")
             return emb, [""] * len(queries), {"queries": len(queries), "truncated": trunc.truncated,
                                               "seconds": time.time() - t0}
-        return encoder._generate(queries, domains, sampling or self.sampling, seed, t0)
+        return encoder._generate(queries, domains, sampling or self.sampling, seed, t0, seeds)
 
-    def _generate(self, queries, domains, sampling: SamplingConfig, seed: int, t0: float):
+    def _generate(self, queries, domains, sampling: SamplingConfig, seed: int, t0: float, seeds=None):
         """Reasoning + embedding for every query with the continuous-batching engine (``t1_jax.engine``):
         ``batch_size`` slots, a finished query's slot takes the next one. Each query draws from its own key
         (``seed`` folded with its index), so its output does not depend on the batch size."""
@@ -230,7 +233,7 @@ class Encoder:
         bar = self._bar(len(queries), "queries", "query")
         results = generate_iter(self.graphdef, self.params, [e.ids for e in encoded], sampling,
                                 emb_token_id=self.formatter.emb_token_id, eos_token_ids=self.formatter.eos_token_ids,
-                                rng=jax.random.key(seed), normalize=self.normalize,
+                                seeds=seeds, rng=jax.random.key(seed), normalize=self.normalize,
                                 settings=EngineSettings(slots=self.batch_size), mesh=self.mesh)
         for i, gen in results:
             out[i], lengths_n[i], forced_n[i], eos_n[i] = gen.embedding, len(gen.tokens), gen.forced, gen.stopped_eos

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -36,6 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "id/embedding); '{dataset}' placeholders allowed; repeatable")
     systems.add_argument("--bm25", dest="bm25", action="store_true", default=None, help="add the BM25 row")
     systems.add_argument("--no-bm25", dest="bm25", action="store_false", help="leave out the BM25 row")
+    model = parser.add_argument_group(
+        "a T1 checkpoint (--checkpoint): documents encoded into a store, queries reasoned and embedded, searched, "
+        "scored; everything cached under --workdir, so a killed run resumes and a finished one only re-scores")
+    model.add_argument("--checkpoint", default=None, metavar="DIR", help="a T1 model folder or a `t1 train` workdir "
+                       "(its config.json's text/sampling/retrieval sections apply unless --config is given)")
+    model.add_argument("--workdir", default=None, help="where stores, indices, query embeddings, runs, reasoning and "
+                       "results.json go (default: runs/eval/<name>-<model fingerprint>)")
+    model.add_argument("--name", default=None, help="the model's row in the table (default: the checkpoint's folder "
+                       "name)")
+    model.add_argument("--long", action="store_true", help="BRIGHT long documents: long_documents/<domain>.* (or "
+                       "--bright-docs) judged by gold_ids_long; datasets are named <domain>-long")
+    model.add_argument("--no-reasoning", action="store_true", help="add a row with direct queries (prompt + "
+                       "<embtoken>, stage-1 style) beside the reasoning row")
+    model.add_argument("--search", choices=("auto", "exact", "scann"), default="auto", help="exact search over the "
+                       "embeddings, or a ScaNN index (auto: exact below --exact-below documents)")
+    model.add_argument("--exact-below", type=int, default=None, metavar="N",
+                       help="auto search: exact below N documents (default: retrieval.brute_force_below)")
+    model.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <model>/tokenizer)")
+    model.add_argument("--batch-size", type=int, default=None, help="rows per encoder batch on this host (default: "
+                       "retrieval.encode_batch_size / hosts)")
+    model.add_argument("--query-chunk", type=int, default=0, help="queries per resumable part (default: 4 x batch)")
+    model.add_argument("--seed", type=int, default=0, help="query sampling seed (temperature > 0)")
+    model.add_argument("--mesh-data", type=int, default=-1, help="data-parallel ways (default: all devices)")
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="metric cut-offs (default: eval.ks)")
     parser.add_argument("--depth", type=int, default=1000, help="documents retrieved per query by BM25/dense")
     parser.add_argument("--metric", default=None, help="metric shown in the table (default: nDCG@<first k>)")
@@ -49,6 +73,40 @@ def _named(spec: str, flag: str) -> tuple[str, str]:
     return name, value
 
 
+def _checkpoint_systems(args: argparse.Namespace, datasets, systems: dict):
+    """The T1 rows (reasoning, and direct queries with --no-reasoning): inputs checked, model loaded, documents
+    scanned and the workdir checked against them, all before the first encoding."""
+    from t1_jax import fs
+    from t1_jax.commands.embed import lead_host_only, load_encoder
+    from t1_jax.encoder import fingerprint_of
+    from t1_jax.retrieval import checkpoint_eval as ce
+    from t1_jax.retrieval.index import settings_from_config
+    from t1_jax.stages.build import model_dir
+
+    ce.check_inputs(datasets)
+    if not fs.exists(args.checkpoint):
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist (a `t1 train` workdir or a model "
+                                f"folder)")
+    ce.check_tokenizer(model_dir(args.checkpoint), args.tokenizer, args.config, args.overrides)
+    fingerprint = fingerprint_of(model_dir(args.checkpoint))
+    name = args.name or ce.model_name(args.checkpoint)
+    workdir = args.workdir or f"runs/eval/{name}-{fingerprint[:8]}"
+    ce.check_workdir(workdir, datasets, fingerprint, args.checkpoint)
+    if not lead_host_only("eval"):  # the checks above run on every host; the work on process 0
+        return None
+    encoder, cfg = load_encoder(args, args.checkpoint)
+    retrieval = cfg.retrieval
+    settings = ce.Settings(workdir=workdir, depth=args.depth, search=args.search,
+                           exact_below=retrieval.brute_force_below if args.exact_below is None else args.exact_below,
+                           query_chunk=args.query_chunk, seed=args.seed, dtype=retrieval.embedding_dtype)
+    model_eval = ce.CheckpointEval(encoder, settings, index_settings=settings_from_config(retrieval))
+    model_eval.prepare(datasets)
+    systems[name] = model_eval.system(reasoning=True, tag=name)
+    if args.no_reasoning:
+        systems[f"{name} (no reasoning)"] = model_eval.system(reasoning=False, tag=name)
+    return model_eval, cfg
+
+
 def run(args: argparse.Namespace) -> int:
     from t1_jax import config as config_lib
     from t1_jax.retrieval import evaluate as ev
@@ -58,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
     ks = tuple(args.ks or cfg.eval.ks)
     if any(k <= 0 for k in ks):
         raise ValueError(f"--ks must be positive, got {ks}")
-    datasets = [ev.beir_dataset(d, args.split) for d in args.beir]
+    if (args.long or args.domains or args.bright_docs) and not args.bright:
+        raise ValueError("--long, --domains and --bright-docs need --bright DIR")
+    datasets = [ev.beir_dataset(d, args.split, lazy=bool(args.checkpoint)) for d in args.beir]
     if args.bright:
-        datasets += ev.bright_datasets(args.bright, args.bright_docs, args.domains, args.bright_qrels)
+        datasets += ev.bright_datasets(args.bright, args.bright_docs, args.domains, args.bright_qrels, long=args.long)
     if not datasets:
         raise ValueError("nothing to evaluate: pass --beir DIR and/or --bright DIR")
     names = [d.name for d in datasets]
@@ -68,8 +128,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"dataset names must be unique (they name the table columns): {names}")
 
     systems = {}
+    model_eval = None
+    if args.checkpoint:
+        checked = _checkpoint_systems(args, datasets, systems)
+        if checked is None:
+            return 0
+        model_eval, cfg = checked
+        ks = tuple(args.ks or cfg.eval.ks)
     if args.bm25 if args.bm25 is not None else cfg.eval.bm25_baseline:
         systems["bm25"] = ev.bm25_system(k=args.depth)
+        if model_eval is not None:
+            systems["bm25"] = model_eval.bm25(systems["bm25"])
     for spec in args.run:
         name, path = _named(spec, "--run")
         systems[name] = ev.run_file_system(path)
@@ -91,11 +160,18 @@ def run(args: argparse.Namespace) -> int:
     for system, skipped in results.skipped.items():
         for dataset, reason in skipped.items():
             print(f"skipped {system} on {dataset}: {reason}")
+    from t1_jax import fs
+
     if args.out:
         ev.write_json(args.out, results)
-        from t1_jax import fs
-
         print(f"wrote {fs.absolute(args.out)}")
+    if model_eval is not None:
+        path = fs.join(model_eval.s.workdir, "results.json")
+        fs.write_text(path, json.dumps({**results.to_json(), "checkpoint": args.checkpoint,
+                                        "fingerprint": model_eval.encoder.fingerprint,
+                                        "seconds": model_eval.timings}, indent=2, sort_keys=True) + "\n")
+        print(f"t1 eval: everything is under {fs.absolute(model_eval.s.workdir)}: results.json (every metric), and per "
+              f"dataset <dataset>/run.trec, reasoning.jsonl, store/")
     named = {_named(spec, "")[0] for spec in args.run + args.dense} | ({"bm25"} if args.bm25 else set())
     unscored = [system for system, per_dataset in results.scores.items() if not per_dataset and system in named]
     if unscored:  # a typo in a run path must not pass as an evaluation (the default BM25 row may be skipped)

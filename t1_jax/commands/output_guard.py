@@ -54,7 +54,8 @@ def _inputs(args: argparse.Namespace, outputs: set[str]) -> Iterator[tuple[str, 
                 yield name, item.split("=", 1)[1] if "=" in item and not fs.is_url(item) else item
 
 
-FOLDER_OUTPUTS = {"train": "workdir", "quickstart": "workdir", "encode": "out", "index": "out", "convert": "dst"}
+FOLDER_OUTPUTS = {"train": "workdir", "quickstart": "workdir", "encode": "out", "index": "out", "convert": "dst",
+                  "eval": "workdir"}
 
 
 def unwritable(path: str, folder: bool) -> Optional[str]:

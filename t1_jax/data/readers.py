@@ -163,6 +163,11 @@ def _find(directory: str, stem: str) -> str:
                             f"queries, qrels/<split>.tsv)")
 
 
+def beir_corpus_path(directory: str) -> str:
+    """``corpus.jsonl`` or ``corpus.jsonl.gz`` of a BEIR folder."""
+    return _find(directory, "corpus")
+
+
 def read_beir_corpus(path: str) -> dict[str, dict[str, str]]:
     corpus: dict[str, dict[str, str]] = {}
     first_line: dict[str, int] = {}
@@ -191,9 +196,12 @@ def read_queries(path: str) -> dict[str, str]:
     return queries
 
 
-def load_beir(directory: str, split: str = "test") -> BeirData:
-    """A BEIR dataset folder: ``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``, ``qrels/<split>.tsv``."""
-    corpus = read_beir_corpus(_find(directory, "corpus"))
+def load_beir(directory: str, split: str = "test", with_corpus: bool = True) -> BeirData:
+    """A BEIR dataset folder: ``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``, ``qrels/<split>.tsv``.
+
+    ``with_corpus=False``: the corpus is not read (``corpus`` is empty, ``missing_docs`` 0); stream it with
+    ``read_documents(beir_corpus_path(directory))``."""
+    corpus = read_beir_corpus(_find(directory, "corpus")) if with_corpus else {}
     all_queries = read_queries(_find(directory, "queries"))
     qrels_path = fs.join(directory, "qrels", f"{split}.tsv")
     if not fs.exists(qrels_path):
@@ -207,7 +215,7 @@ def load_beir(directory: str, split: str = "test") -> BeirData:
     queries = {q: all_queries[q] for q in qrels}
     if not queries:
         raise DataError(f"{directory}: no queries with judgements in split {split!r} (empty query set)")
-    missing_docs = count_missing_docs(qrels, corpus, qrels_path)
+    missing_docs = count_missing_docs(qrels, corpus, qrels_path) if with_corpus else 0
     return BeirData(corpus, queries, qrels, missing_docs=missing_docs, missing_queries=len(missing_q))
 
 
@@ -246,10 +254,12 @@ def _id_list(obj: dict, field: str, path: str, line_no: int) -> list[str]:
     return [v for v in value if v not in _PLACEHOLDER_IDS]
 
 
-def load_bright(topics_jsonl: str, qrels_txt: Optional[str] = None, exclude_txt: Optional[str] = None) -> BrightData:
+def load_bright(topics_jsonl: str, qrels_txt: Optional[str] = None, exclude_txt: Optional[str] = None,
+                gold_field: str = "gold_ids") -> BrightData:
     """BRIGHT ``examples`` (id, query, reasoning, gold_ids, excluded_ids) -> queries, qrels, exclusions.
 
     ``qrels_txt`` (TREC qrels) replaces ``gold_ids`` when given; ``exclude_txt`` (``qid docid`` lines) adds exclusions.
+    ``gold_field="gold_ids_long"``: the judgements of the long-document setting (whole web pages).
     """
     queries: dict[str, str] = {}
     gold: dict[str, dict[str, int]] = {}
@@ -261,7 +271,7 @@ def load_bright(topics_jsonl: str, qrels_txt: Optional[str] = None, exclude_txt:
             raise DataError(f"{topics_jsonl}:{line_no}: duplicate query id {qid!r}")
         queries[qid] = require(obj, "query", topics_jsonl, line_no)
         reasoning[qid] = obj.get("reasoning") or ""
-        gold_ids = _id_list(obj, "gold_ids", topics_jsonl, line_no)
+        gold_ids = _id_list(obj, gold_field, topics_jsonl, line_no)
         if gold_ids:
             gold[qid] = {d: 1 for d in gold_ids}
         excluded[qid] = set(_id_list(obj, "excluded_ids", topics_jsonl, line_no))

@@ -35,6 +35,7 @@ class Dataset:
     documents_path: Optional[str] = None  # read lazily (BM25); BEIR corpora are kept in memory instead
     corpus: Optional[dict[str, str]] = None  # id -> text
     missing_docs: Optional[int] = None  # judgements naming documents absent from the corpus (None: corpus unknown)
+    domain: Optional[str] = None  # BRIGHT domain (its query/document instructions); None for BEIR
 
     def documents(self) -> dict[str, str]:
         """id -> text, loaded on first use; counts judgements whose document is missing."""
@@ -55,11 +56,15 @@ class SkipDataset(Exception):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def beir_dataset(directory: str, split: str = "test", name: Optional[str] = None) -> Dataset:
+def beir_dataset(directory: str, split: str = "test", name: Optional[str] = None, lazy: bool = False) -> Dataset:
+    """``lazy``: the corpus is not read now (``documents()`` streams it in when BM25 needs it)."""
+    name = name or os.path.basename(os.path.normpath(directory))
+    if lazy:
+        data = readers.load_beir(directory, split, with_corpus=False)
+        return Dataset(name, data.queries, data.qrels, documents_path=readers.beir_corpus_path(directory))
     data = readers.load_beir(directory, split)
     corpus = {d: readers.beir_document_text(doc) for d, doc in data.corpus.items()}
-    return Dataset(name or os.path.basename(os.path.normpath(directory)), data.queries, data.qrels, corpus=corpus,
-                   missing_docs=data.missing_docs)
+    return Dataset(name, data.queries, data.qrels, corpus=corpus, missing_docs=data.missing_docs)
 
 
 _TOPICS_RE = re.compile(r"topics\.bright-(?P<domain>.+)-original\.jsonl(\.gz)?$")
@@ -85,17 +90,34 @@ def _first_existing(paths: Sequence[str]) -> Optional[str]:
 
 
 def bright_datasets(directory: str, docs_dir: Optional[str] = None, domains: Sequence[str] = (),
-                    qrels: str = "original") -> list[Dataset]:
-    """One dataset per BRIGHT domain. ``qrels``: original (qrels/*.txt, = gold_ids), fixed (audited), or gold_ids."""
+                    qrels: str = "original", long: bool = False) -> list[Dataset]:
+    """One dataset per BRIGHT domain. ``qrels``: original (qrels/*.txt, = gold_ids), fixed (audited), or gold_ids.
+
+    ``long``: the long-document setting: documents from ``long_documents/<domain>.*`` (or ``docs_dir``), judgements
+    from each example's ``gold_ids_long``; the dataset is named ``<domain>-long``. Without ``domains``, the domains
+    whose examples carry long judgements (BRIGHT has them for the StackExchange domains and pony)."""
     if qrels not in ("original", "fixed", "gold_ids"):
         raise ValueError(f"BRIGHT qrels must be original, fixed or gold_ids; got {qrels!r}")
     topics = _bright_topics(directory)
     unknown = [d for d in domains if d not in topics]
     if unknown:
         raise ValueError(f"unknown BRIGHT domain(s) {unknown}; available: {sorted(topics)}")
-    docs_dir = docs_dir or os.path.join(directory, "documents")
+    docs_dir = docs_dir or os.path.join(directory, "long_documents" if long else "documents")
     out = []
     for domain in (domains or sorted(topics)):
+        docs = _first_existing([os.path.join(docs_dir, domain + ext) for ext in (".jsonl", ".jsonl.gz", ".parquet")])
+        if long:
+            try:
+                data = readers.load_bright(topics[domain], None, None, gold_field="gold_ids_long")
+            except readers.DataError:
+                if domains:
+                    raise ValueError(f"BRIGHT domain {domain!r} has no long-document judgements (gold_ids_long) in "
+                                     f"{topics[domain]}") from None
+                log.info("BRIGHT %s: no gold_ids_long, left out of the long-document setting", domain)
+                continue
+            out.append(Dataset(f"{domain}-long", data.queries, data.qrels, data.excluded, data.reasoning,
+                               documents_path=docs, domain=domain))
+            continue
         suffix = ".fixed.txt" if qrels == "fixed" else ".txt"
         qrels_path = None
         if qrels != "gold_ids":
@@ -104,8 +126,8 @@ def bright_datasets(directory: str, docs_dir: Optional[str] = None, domains: Seq
                 log.warning("BRIGHT %s: no qrels file for %s judgements, using gold_ids", domain, qrels)
         exclude = _first_existing([os.path.join(directory, "qrels", f"exclude.bright-{domain}.txt")])
         data = readers.load_bright(topics[domain], qrels_path, exclude)
-        docs = _first_existing([os.path.join(docs_dir, domain + ext) for ext in (".jsonl", ".jsonl.gz", ".parquet")])
-        out.append(Dataset(domain, data.queries, data.qrels, data.excluded, data.reasoning, documents_path=docs))
+        out.append(Dataset(domain, data.queries, data.qrels, data.excluded, data.reasoning, documents_path=docs,
+                           domain=domain))
     return out
 
 

@@ -212,14 +212,20 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def encode_corpus(doc_iter: Iterable[tuple[str, str]], embed_fn: Callable[[list[str]], np.ndarray], store_path: str,
+def encode_corpus(doc_iter: Iterable[tuple[str, str]] | Callable[[], Iterable[tuple[str, str]]],
+                  embed_fn: Callable[[list[str]], np.ndarray], store_path: str,
                   batch_size: int = 32, *, dtype: str = "float16", fingerprint: str = "",
                   chunk_rows: Optional[int] = None, dim: Optional[int] = None, normalize: bool = True,
-                  process_index: Optional[int] = None, process_count: Optional[int] = None) -> EmbeddingStore:
+                  process_index: Optional[int] = None, process_count: Optional[int] = None,
+                  ids: Optional[Sequence[str]] = None, desc: str = "encode") -> EmbeddingStore:
     """Embed ``(id, text)`` documents into a store at ``store_path``; chunks already written are skipped.
 
     ``embed_fn(texts) -> [len(texts), dim]`` is the encoder hook (any model). ``dim`` is probed from one document
     when not given. Process ``p`` of ``P`` (default: JAX's) encodes chunks ``c`` with ``c % P == p``.
+
+    ``doc_iter`` may be a function returning a fresh iterator (e.g. ``lambda: read_documents(path)``): then the
+    corpus is streamed, never held: one pass for the ids (skipped when ``ids`` are given), one for the texts of the
+    chunks still to encode, of which at most one batch is in memory at a time.
     """
     import jax
 
@@ -227,14 +233,21 @@ def encode_corpus(doc_iter: Iterable[tuple[str, str]], embed_fn: Callable[[list[
 
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
-    ids, texts = [], []
-    for doc_id, text in doc_iter:
-        ids.append(doc_id)
-        texts.append(text)
+    if callable(doc_iter):
+        open_docs = doc_iter
+        ids = list(ids) if ids is not None else [doc_id for doc_id, _ in open_docs()]
+    else:
+        ids, texts = [], []
+        for doc_id, text in doc_iter:
+            ids.append(doc_id)
+            texts.append(text)
+
+        def open_docs():
+            return zip(ids, texts)
     if not ids:
         raise ValueError("encode: the corpus is empty")
     if dim is None:
-        dim = int(np.asarray(embed_fn(texts[:1])).shape[-1])
+        dim = int(np.asarray(embed_fn([next(iter(open_docs()))[1]])).shape[-1])
     if chunk_rows is not None and chunk_rows <= 0:
         raise ValueError(f"--chunk-rows must be positive, got {chunk_rows}")
     rows = chunk_rows or default_chunk_rows(dim, dtype, batch_size)
@@ -257,14 +270,18 @@ def encode_corpus(doc_iter: Iterable[tuple[str, str]], embed_fn: Callable[[list[
         log.info("%s: resuming, %d of %d chunks of this process already written", store_path,
                  len(mine) - len(todo), len(mine))
     my_rows = sum(store.chunk_range(c)[1] - store.chunk_range(c)[0] for c in mine)
-    bar = progress(None, total=my_rows, desc="encode", unit="doc", initial=skipped_rows)
+    bar = progress(None, total=my_rows, desc=desc, unit="doc", initial=skipped_rows)
     t0 = time.time()
     try:
+        batches = _todo_batches(open_docs, store, todo, batch_size) if todo else iter(())
         for chunk in todo:
             start, stop = store.chunk_range(chunk)
             parts = []
             for b in range(start, stop, batch_size):
-                batch = texts[b:min(b + batch_size, stop)]
+                batch = next(batches)
+                if len(batch) != min(b + batch_size, stop) - b:
+                    raise ValueError(f"{store_path}: the documents changed while encoding (expected "
+                                     f"{store.num_docs} documents, fewer were read)")
                 emb = np.asarray(embed_fn(batch), dtype=np.float32)
                 if emb.shape != (len(batch), dim):
                     raise ValueError(f"embed_fn returned shape {emb.shape} for {len(batch)} texts (expected "
@@ -284,3 +301,30 @@ def encode_corpus(doc_iter: Iterable[tuple[str, str]], embed_fn: Callable[[list[
                                                       for c in todo), time.time() - t0)
     _barrier("t1-store-written")
     return store
+
+
+def _todo_batches(open_docs: Callable[[], Iterable[tuple[str, str]]], store: EmbeddingStore, todo: Sequence[int],
+                  batch_size: int):
+    """Texts of the chunks in ``todo`` (ascending), ``batch_size`` at a time and never across a chunk boundary, from
+    one pass over the documents; rows of other chunks are skipped without being kept."""
+    wanted = iter(sorted(todo))
+    chunk = next(wanted, None)
+    batch: list[str] = []
+    for row, (doc_id, text) in enumerate(open_docs()):
+        if chunk is None:
+            break
+        start, stop = store.chunk_range(chunk)
+        if row < start:
+            continue
+        if doc_id != store.ids[row]:
+            raise ValueError(f"{store.path}: document {row} is {doc_id!r} but the store has {store.ids[row]!r} "
+                             f"there (the corpus changed since the store was created)")
+        batch.append(text)
+        if len(batch) == batch_size or row == stop - 1:
+            yield batch
+            batch = []
+        if row == stop - 1:
+            chunk = next(wanted, None)
+    if batch:
+        yield batch
+    yield []  # the corpus ended early: the caller sees a short batch
