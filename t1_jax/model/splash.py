@@ -50,7 +50,7 @@ def _round_up(x: int, m: int) -> int:
 def choose_block(length: int, override: int = 0) -> int:
     """Block size for sequences of ``length`` tokens: ``override`` when given (a multiple of 128), else the length
     rounded up to 128 when that is at most 512 (one block), else the largest of 512 / 256 / 128 whose padding adds at
-    most 1/8 to the 128-rounded length (4096 -> 512, 600 -> 128, 2000 -> 256)."""
+    most 1/8 to the 128-rounded length (4096 -> 512, 700 -> 256, 600 -> 128)."""
     if override:
         if override % LANES or override <= 0:
             raise ValueError(f"splash block size must be a positive multiple of {LANES}, got {override}")
@@ -78,14 +78,23 @@ def computed_fraction(length: int, block_q: int = 0, block_kv: int = 0) -> float
     return tiles * bq * bkv / float(length * length)
 
 
+def attention_fraction(model_cfg, length: int) -> float:
+    """Share of the dense ``length x length`` attention a full-sequence pass of ``model_cfg`` computes: 1 for the XLA
+    attention (every score, masked or not), :func:`computed_fraction` for splash."""
+    if model_cfg.attention_impl != "splash":
+        return 1.0
+    return computed_fraction(length, model_cfg.splash_block_q, model_cfg.splash_block_kv)
+
+
 def _on_tpu(mesh) -> bool:
     if mesh is not None:
         return mesh.devices.flat[0].platform == "tpu"
     return jax.default_backend() == "tpu"
 
 
-@functools.lru_cache(maxsize=64)
 def _kernel(heads: int, length: int, block_q: int, block_kv: int, interpret: bool):
+    """A kernel for ``heads`` heads of ``length`` slots. Built inside each trace that uses it: its mask tables become
+    that trace's constants (a kernel cached across traces would carry another trace's values)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
     blocks = sa.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
