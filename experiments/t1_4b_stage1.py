@@ -48,9 +48,10 @@ def base_config() -> ExperimentConfig:
         text=TextConfig(tokenizer="", max_query_tokens=256,
                         max_doc_tokens=512, max_reasoning_tokens=512),
         # Two padded lengths (queries <= 257 -> 320; documents -> 320 or 512): a 4B step takes minutes to compile on a
-        # TPU, so a single-host run compiles it at most twice instead of once per 64-token length.
+        # TPU, so a single-host run compiles it at most twice instead of once per 64-token length. 2048 and 4096 only
+        # serve a raised text.max_doc_tokens (long documents: docs/tpu.md, with model.attention_impl=splash).
         data=DataConfig(train_path="data/t1_stage1.jsonl", global_batch_size=512, num_hard_negatives=1,
-                        length_buckets=(320, 512)),
+                        length_buckets=(320, 512, 2048, 4096)),
         optimizer=OptimizerConfig(lr=1e-5, warmup_steps=100, weight_decay=0.01, clip_norm=1.0),
         loss=ContrastiveConfig(temperature=0.02, mask_duplicates=True),
         trainer=TrainerConfig(stage="contrastive", num_steps=2000, init_from="models/qwen3-4b-instruct-2507",
