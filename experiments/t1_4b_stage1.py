@@ -29,11 +29,13 @@ DEFAULT_TOPOLOGY = "v5p-8"
 # groups on the larger ones. Batches are global (queries per step); each query brings 1 positive + 1 hard negative.
 # Measured (docs/tpu.md): without GradCache, 512 queries on v5p-8 need 96.3 GiB per chip (over by 1.3 GiB), so the
 # rows whose whole batch would not fit embed it in GradCache chunks (loss.gradcache_chunk; +1 forward pass of cost).
+# v5p-8 passes 64 queries at a time (was 256): the same step, and room for --set text.max_doc_tokens=4096 with
+# model.attention_impl=splash (89.1 GiB per chip; XLA attention needs 187.8 GiB there: docs/tpu.md, Long documents).
 LAYOUTS = {
     "v4-16": PodLayout(data=1, fsdp=8, tensor=1, global_batch_size=256, gradcache_chunk=64),
     "v4-32": PodLayout(data=2, fsdp=8, tensor=1, global_batch_size=1024, gradcache_chunk=256),
     "v5litepod-16": PodLayout(data=1, fsdp=16, tensor=1, global_batch_size=256, gradcache_chunk=128),
-    "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=512, gradcache_chunk=256),
+    "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=512, gradcache_chunk=64),
     "v5p-64": PodLayout(data=2, fsdp=16, tensor=1, global_batch_size=2048),
 }
 
