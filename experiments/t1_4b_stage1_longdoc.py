@@ -2,9 +2,10 @@
 optimizer and loss, longer document budget, a layout per slice that fits it.
 
 OUR CHOICES (the T1 report publishes none of these): the 4,096-token document budget (mteb caps BRIGHT documents
-there), the length buckets, the batch and GradCache chunk of each row, splash attention. Every row is a
-`t1 compile-check` result in docs/tpu.md ("Long documents"): with the XLA attention, float32 scores of
-[32 heads, 4096, 4096] per document and layer leave room for only a few documents per pass.
+there), the length buckets, the batch and GradCache chunk of each row, splash attention. The v5p-8 row is the
+`t1 compile-check` result in docs/tpu.md ("Long documents": t1_4b_stage1.py with these settings, the same shapes:
+89.1 GiB per chip); with the XLA attention, float32 scores of [32 heads, 4096, 4096] per document and layer leave
+room for 16 queries per pass instead of 64.
 
   t1 compile-check --config experiments/t1_4b_stage1_longdoc.py --topology v5p-8
 Slice selection and --set overrides as in t1_4b_stage1.py.
