@@ -29,11 +29,13 @@ DEFAULT_TOPOLOGY = "v5p-8"
 # groups on the larger ones. Batches are global (queries per step); each query brings 1 positive + 1 hard negative.
 # Measured (docs/tpu.md): without GradCache, 512 queries on v5p-8 need 96.3 GiB per chip (over by 1.3 GiB), so the
 # rows whose whole batch would not fit embed it in GradCache chunks (loss.gradcache_chunk; +1 forward pass of cost).
+# v5p-8 passes 64 queries at a time (was 256): the same step, and room for --set text.max_doc_tokens=4096 with
+# model.attention_impl=splash (89.1 GiB per chip; XLA attention needs 187.8 GiB there: docs/tpu.md, Long documents).
 LAYOUTS = {
     "v4-16": PodLayout(data=1, fsdp=8, tensor=1, global_batch_size=256, gradcache_chunk=64),
     "v4-32": PodLayout(data=2, fsdp=8, tensor=1, global_batch_size=1024, gradcache_chunk=256),
     "v5litepod-16": PodLayout(data=1, fsdp=16, tensor=1, global_batch_size=256, gradcache_chunk=128),
-    "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=512, gradcache_chunk=256),
+    "v5p-8": PodLayout(data=1, fsdp=4, tensor=1, global_batch_size=512, gradcache_chunk=64),
     "v5p-64": PodLayout(data=2, fsdp=16, tensor=1, global_batch_size=2048),
 }
 
@@ -48,9 +50,10 @@ def base_config() -> ExperimentConfig:
         text=TextConfig(tokenizer="", max_query_tokens=256,
                         max_doc_tokens=512, max_reasoning_tokens=512),
         # Two padded lengths (queries <= 257 -> 320; documents -> 320 or 512): a 4B step takes minutes to compile on a
-        # TPU, so a single-host run compiles it at most twice instead of once per 64-token length.
+        # TPU, so a single-host run compiles it at most twice instead of once per 64-token length. 2048 and 4096 only
+        # serve a raised text.max_doc_tokens (long documents: docs/tpu.md, with model.attention_impl=splash).
         data=DataConfig(train_path="data/t1_stage1.jsonl", global_batch_size=512, num_hard_negatives=1,
-                        length_buckets=(320, 512)),
+                        length_buckets=(320, 512, 2048, 4096)),
         optimizer=OptimizerConfig(lr=1e-5, warmup_steps=100, weight_decay=0.01, clip_norm=1.0),
         loss=ContrastiveConfig(temperature=0.02, mask_duplicates=True),
         trainer=TrainerConfig(stage="contrastive", num_steps=2000, init_from="models/qwen3-4b-instruct-2507",

@@ -166,6 +166,7 @@ def contrastive_flops(cfg: ExperimentConfig, with_reasoning: bool) -> FlopCount:
     query position (in ``loss.ce_chunk_size`` chunks, rematerialised: one extra forward of the LM head). GradCache
     (``loss.gradcache_chunk``) re-runs each chunk's whole forward during the backward pass: one extra forward.
     """
+    from t1_jax.model.splash import attention_fraction
     from t1_jax.tpu import decoder_flops
 
     m = cfg.model
@@ -176,14 +177,16 @@ def contrastive_flops(cfg: ExperimentConfig, with_reasoning: bool) -> FlopCount:
     if with_reasoning:
         chunk = min(cfg.loss.ce_chunk_size, tq - 1)
         lm_rows = b * (-(-(tq - 1) // chunk) * chunk)
-    parts = [decoder_flops(m, tokens=b * tq, seq_len=tq, lm_head_tokens=lm_rows),
-             decoder_flops(m, tokens=n * td, seq_len=td)]
+    fq, fd = attention_fraction(m, tq), attention_fraction(m, td)
+    parts = [decoder_flops(m, tokens=b * tq, seq_len=tq, lm_head_tokens=lm_rows, attention_fraction=fq),
+             decoder_flops(m, tokens=n * td, seq_len=td, attention_fraction=fd)]
     extra = 0.0
     if with_reasoning:
         extra += 2.0 * m.hidden_size * m.vocab_size * lm_rows  # the CE scan body's rematerialised logits
     if cfg.loss.gradcache_chunk:
-        forward = _sum_flops(decoder_flops(m, b * tq, tq, training=False, lm_head_tokens=lm_rows),
-                             decoder_flops(m, n * td, td, training=False))
+        forward = _sum_flops(decoder_flops(m, b * tq, tq, training=False, lm_head_tokens=lm_rows,
+                                           attention_fraction=fq),
+                             decoder_flops(m, n * td, td, training=False, attention_fraction=fd))
         extra += forward.total
     total = _sum_flops(*parts)
     return dataclasses.replace(total, recompute=total.recompute + extra)
@@ -366,6 +369,7 @@ PROGRAMS: dict[str, Callable[[ExperimentConfig, Any], list[Program]]] = {
     "reasoning": contrastive_programs,
     "grpo": grpo_programs,
     "generate": lambda cfg, mesh: importlib.import_module("t1_jax.compile_generate").generate_programs(cfg, mesh),
+    "encode": lambda cfg, mesh: importlib.import_module("t1_jax.compile_encode").encode_programs(cfg, mesh),
 }
 
 
@@ -386,7 +390,7 @@ def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]
     start = time.perf_counter()
     spec = parse_topology(topology)
     kind = kind or cfg.trainer.stage
-    config_lib.validate(cfg, device_count=spec.chips, training=kind != "generate")
+    config_lib.validate(cfg, device_count=spec.chips, training=kind not in ("generate", "encode"))
     if kind not in PROGRAMS:
         raise ConfigError(f"compile check: no programs for {kind!r}; known: {', '.join(PROGRAMS)}")
     cfg = with_placeholder_tokens(cfg)

@@ -18,6 +18,9 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+ATTENTION_IMPLS = ("xla", "splash")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Qwen3 decoder shape and numerics. Defaults are a tiny test model; presets live in ``t1_jax.model.presets``."""
@@ -37,6 +40,11 @@ class ModelConfig:
     compute_dtype: str = "float32"
     remat: str = "none"  # none | full | dots (see t1_jax.model.qwen3.REMAT_POLICIES)
     scan_layers: bool = True
+    # Full-sequence attention (training, log-probs, encoding, prefill): xla (materialised scores) | splash (the Pallas
+    # TPU kernel; interpret mode off TPU). Decode steps always use xla. docs/model.md, "Attention implementations".
+    attention_impl: str = "xla"
+    splash_block_q: int = 0  # splash tile sizes (multiples of 128); 0 = chosen per length (t1_jax.model.splash)
+    splash_block_kv: int = 0
     emb_token_id: Optional[int] = None  # id of <embtoken>; set when the tokenizer is extended
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
@@ -55,6 +63,13 @@ class ModelConfig:
                 errors.append(f"model.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
         if self.remat not in ("none", "full", "dots"):
             errors.append(f"model.remat must be one of none, full, dots; got {self.remat!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            errors.append(f"model.attention_impl must be one of {', '.join(ATTENTION_IMPLS)}; got "
+                          f"{self.attention_impl!r}")
+        for name in ("splash_block_q", "splash_block_kv"):
+            if getattr(self, name) < 0 or getattr(self, name) % 128:
+                errors.append(f"model.{name} must be 0 (chosen per length) or a positive multiple of 128, got "
+                              f"{getattr(self, name)}")
         if self.emb_token_id is not None and not 0 <= self.emb_token_id < self.vocab_size:
             errors.append(f"model.emb_token_id {self.emb_token_id} is outside the vocabulary (size {self.vocab_size})")
         if self.rms_norm_eps <= 0:

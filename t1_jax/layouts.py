@@ -75,3 +75,16 @@ def apply_layout(cfg: ExperimentConfig, table: Mapping[str, PodLayout], default:
                           f"{TOPOLOGY_ENV} to one of them, or give mesh.* and data.global_batch_size with --set")
     cfg = config_lib.apply_overrides(cfg, rows[chosen].overrides())
     return dataclasses.replace(cfg, name=f"{cfg.name}@{chosen}")
+
+
+def sibling_experiment(this_file: str, name: str):
+    """The experiment module ``name`` (``experiments/<name>.py``) next to ``this_file``: a variant experiment starts
+    from its base's ``base_config()`` and keeps its own layout table."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(this_file).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"t1_experiment_base_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -351,12 +351,14 @@ def layer_params(model_cfg) -> int:
 
 
 def decoder_flops(model_cfg, tokens: int, seq_len: int, training: bool = True, remat: Optional[str] = None,
-                  lm_head_tokens: int = 0, causal_skip: bool = False) -> FlopCount:
+                  lm_head_tokens: int = 0, causal_skip: bool = False, attention_fraction: float = 1.0) -> FlopCount:
     """FLOPs for ``tokens`` tokens in sequences of (padded) length ``seq_len`` through the decoder.
 
     * layers: 2·P·tokens forward with P = num_layers · :func:`layer_params` (embedding lookups are free);
     * attention: 4·L·n·h·seq_len per token forward (QK^T and AV over the whole padded length, which is what a dense
-      masked einsum computes; ``causal_skip=True`` halves it for kernels that skip the masked half);
+      masked einsum computes; ``causal_skip=True`` halves it for kernels that skip the masked half;
+      ``attention_fraction`` scales it by the share of score tiles a blocked kernel computes, e.g. the splash
+      kernel's causal tiles: ``t1_jax.model.splash.computed_fraction``);
     * lm_head: 2·d·v per position whose logits are computed (``lm_head_tokens``; stage 1 needs none);
     * training: backward = 2 × forward for each of the above (so layers give the familiar 6·P·tokens);
     * remat (default ``model_cfg.remat``): ``full`` recomputes each layer's forward in the backward pass except the
@@ -375,6 +377,7 @@ def decoder_flops(model_cfg, tokens: int, seq_len: int, training: bool = True, r
     attention_fwd = 4.0 * num_layers * model_cfg.num_heads * model_cfg.head_dim * seq_len * tokens
     if causal_skip:
         attention_fwd /= 2
+    attention_fwd *= attention_fraction
     lm_head_fwd = 2.0 * model_cfg.hidden_size * model_cfg.vocab_size * lm_head_tokens
     if not training:
         return FlopCount(layers_fwd, attention_fwd, lm_head_fwd, 0.0)

@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", action="append", default=[], metavar="NAME",
                         help="compile only this program (e.g. 'train step'); repeatable; default all of the stage's")
     parser.add_argument("--kind", metavar="KIND",
-                        help="which programs: contrastive, reasoning, grpo (a stage's) or generate (the sampler's "
-                             "prefill + decode loop); default: the experiment file's COMPILE_CHECK, else trainer.stage")
+                        help="which programs: contrastive, reasoning, grpo (a stage's), generate (the sampler's "
+                             "prefill + decode loop) or encode (document embedding at retrieval.encode_batch_size x "
+                             "text.max_doc_tokens); default: the experiment file's COMPILE_CHECK, else trainer.stage")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
 

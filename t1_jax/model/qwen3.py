@@ -24,6 +24,7 @@ from t1_jax.config import ConfigError, ModelConfig, dtype as to_dtype
 from t1_jax.mesh import constrain
 from t1_jax.model.cache import KVCache, constrain_cache, write_slots
 from t1_jax.model.precision import weight_einsum
+from t1_jax.model.splash import splash_attention
 
 # Per-layer parameters: name -> (logical axes without the leading "layers" axis). Shapes come from layer_shapes().
 LAYER_AXES: dict[str, tuple[str, ...]] = {
@@ -135,9 +136,10 @@ def attention(q_btnh, k_bksh, v_bksh, allowed_bts, compute_dtype):
     return out_bkmh.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
-def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv=None):
+def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv=None, splash_mask_bt=None):
     """One pre-norm decoder layer. ``p``: this layer's arrays in the master dtype (each matmul casts its weight to the
     compute dtype, ``t1_jax.model.precision``). ``kv``: (cache k ``[B, K, S, H]``, cache v, write index) or None.
+    ``splash_mask_bt``: given, attention is the splash kernel over this call's own tokens (``t1_jax.model.splash``).
 
     Returns the new residual stream and the (possibly updated) layer cache keys/values.
     """
@@ -163,7 +165,12 @@ def decoder_layer(cfg: ModelConfig, x_btd, p, cos, sin, allowed_bts, kv=None):
         k_bksh, v_bksh, new_kv = cache_k, cache_v, (cache_k, cache_v)
     else:
         k_bksh, v_bksh, new_kv = k_bkth, v_bkth, None
-    out = constrain(attention(q, k_bksh, v_bksh, allowed_bts, to_dtype(cfg.compute_dtype)), BTNH)
+    if splash_mask_bt is not None:
+        out = splash_attention(q, k_bkth, v_bkth, splash_mask_bt, to_dtype(cfg.compute_dtype),
+                               block_q=cfg.splash_block_q, block_kv=cfg.splash_block_kv)
+    else:
+        out = attention(q, k_bksh, v_bksh, allowed_bts, to_dtype(cfg.compute_dtype))
+    out = constrain(out, BTNH)
     x_btd = constrain(x_btd + weight_einsum("btnh,dnh->btd", out, p["o_proj"]), BTD)
     h_btd = rms_norm(x_btd, p["mlp_norm"], cfg.rms_norm_eps)
     if "gate_up_proj" in p:  # fused layout: gate and up in one product
@@ -225,11 +232,15 @@ class Qwen3(nnx.Module):
             key_valid_bs = write_slots(cache.valid, mask_bt, cache.index, axis=1)
             index = cache.index[:, None] if cache.index.ndim else cache.index
             q_slot_bt, k_slot = index + jnp.arange(t)[None], jnp.arange(cache.max_len)
-        allowed_bts = key_valid_bs[:, None, :] & (k_slot[None, None, :] <= q_slot_bt[:, :, None])
+        # splash: every full-sequence pass; with a cache, a multi-token call is a prefill into an empty cache (the
+        # sampler's and the engine's only kind), which attends its own tokens. Decode steps stay on the XLA path.
+        splash_mask_bt = mask_bt if cfg.attention_impl == "splash" and (cache is None or t > 1) else None
+        allowed_bts = None if splash_mask_bt is not None else (
+            key_valid_bs[:, None, :] & (k_slot[None, None, :] <= q_slot_bt[:, :, None]))
         params = self.layers.arrays() if layers is None else None
 
         def body(x, p, kv):
-            return decoder_layer(cfg, x, p, cos, sin, allowed_bts, kv)
+            return decoder_layer(cfg, x, p, cos, sin, allowed_bts, kv, splash_mask_bt)
 
         policy = REMAT_POLICIES[cfg.remat]
         if cfg.remat != "none":
