@@ -9,7 +9,7 @@ lengths. No tokenizer or data is read: the vocabulary and ``<embtoken>`` id come
 id when unset; it does not change any shape).
 
 Per program it reports XLA's per-chip memory against the chip's HBM (:func:`t1_jax.tpu.compile_report`), the analytic
-FLOPs of one step (:func:`t1_jax.tpu.decoder_flops`, attention and remat recompute included) and the roofline lower
+FLOPs of one step (:func:`t1_jax.model.counts.decoder_flops`, attention and remat recompute included) and the roofline lower
 bound on step time with the tokens/s it implies. Programs per stage come from the ``PROGRAMS`` registry: stages 1
 and 2 compile the train step; stage 3 the whole GRPO step (rollout included) and the rollout sampler alone, built by
 ``t1_jax.stages.build.grpo_step_fn`` / ``grpo_sample_fn`` (reported as not available when those are missing).
@@ -23,7 +23,8 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from t1_jax.config import ConfigError, ExperimentConfig
-from t1_jax.tpu import FlopCount, MemoryReport, TopologySpec
+from t1_jax.model.counts import FlopCount
+from t1_jax.tpu import MemoryReport, TopologySpec
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def contrastive_flops(cfg: ExperimentConfig, with_reasoning: bool) -> FlopCount:
     query position (in ``loss.ce_chunk_size`` chunks, rematerialised: one extra forward of the LM head). GradCache
     (``loss.gradcache_chunk``) re-runs each chunk's whole forward during the backward pass: one extra forward.
     """
-    from t1_jax.tpu import decoder_flops
+    from t1_jax.model.counts import decoder_flops
 
     m = cfg.model
     b = cfg.data.global_batch_size
@@ -251,7 +252,8 @@ def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[st
 
 
 def contrastive_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn, model_functions
+    from t1_jax.model.functions import model_functions
+    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn
     from t1_jax.trainer import TrainStage
 
     with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
@@ -278,7 +280,7 @@ def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
     the R prompt+generation sequences (logits at the Tg generated positions, rematerialised once by the chunked
     log-prob scan).
     """
-    from t1_jax.tpu import decoder_flops
+    from t1_jax.model.counts import decoder_flops
 
     m, g = cfg.model, cfg.grpo
     rollouts = cfg.data.global_batch_size * g.group_size
@@ -319,7 +321,7 @@ def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
     if step_builder is None or "grpo" not in build.STAGE_BUILDERS:
         raise StageNotAvailable("stage 3 (GRPO) not available yet: t1_jax.stages.build has no GRPO step builder "
                                 "(grpo_step_fn) in this checkout")
-    from t1_jax.stages.contrastive import model_functions
+    from t1_jax.model.functions import model_functions
     from t1_jax.stages.grpo import init_extra_fn
     from t1_jax.trainer import TrainStage
 

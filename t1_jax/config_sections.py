@@ -61,6 +61,13 @@ class ModelConfig:
             errors.append(f"model.rms_norm_eps must be positive, got {self.rms_norm_eps}")
         return errors
 
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        """Analytic FLOPs per token in sequences of ``seq_len`` tokens, LM head excluded (the config owns its cost,
+        as levanter's does): :func:`t1_jax.model.counts.decoder_flops` of one token, with ``remat``'s recompute."""
+        from t1_jax.model.counts import decoder_flops
+
+        return decoder_flops(self, tokens=1, seq_len=seq_len, training=training).total
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:

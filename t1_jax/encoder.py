@@ -55,7 +55,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, bucketing: bool = Tr
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "normalize", "mesh"))
 def _embed_batch(graphdef, params, ids_bt, valid_bt, *, normalize: bool, mesh: Optional[Mesh]):
-    from t1_jax.stages.contrastive import embed_last
+    from t1_jax.model.embedding import embed_last
 
     with use_mesh(mesh):
         return embed_last(nnx.merge(graphdef, params), ids_bt, valid_bt, normalize)[0]
@@ -125,7 +125,7 @@ class Encoder:
         """
         from t1_jax import inference_defaults
         from t1_jax.model.params_io import load_model
-        from t1_jax.stages.build import model_dir
+        from t1_jax.model.params_io import model_dir
 
         model_path = model_dir(directory)
         source = config_source  # where the decoding settings come from, for the log line

@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 from t1_jax.config import ConfigError, SamplingConfig
 from t1_jax.mesh import active_mesh, constrain, use_mesh
 from t1_jax.model.cache import init_cache
+from t1_jax.model.embedding import l2_normalize, positions_from_valid
 from t1_jax.model.precision import target_platform
 from t1_jax.model.qwen3 import split_layers
 
@@ -49,11 +50,6 @@ class Rollout:
     embedding_bd: jax.Array  # float32 [B, D]: final-normed hidden state at <embtoken> (L2-normalised if asked)
     forced_b: jax.Array  # bool [B]: <embtoken> was forced because the budget ran out
     stopped_eos_b: jax.Array  # bool [B]: an end-of-sequence token came first; <embtoken> was appended after it
-
-
-def positions_from_valid(valid_bt: jax.Array) -> jax.Array:
-    """RoPE positions 0, 1, ... over the real tokens of left- or right-padded rows (padding: a clipped neighbour)."""
-    return jnp.maximum(jnp.cumsum(valid_bt.astype(jnp.int32), axis=-1) - 1, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -193,7 +189,7 @@ def _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, budget_b, 
         out = jax.lax.while_loop(cond, body, carry)
         emb_bd = out["emb"]
         if normalize:
-            emb_bd = emb_bd / jnp.maximum(jnp.linalg.norm(emb_bd, axis=-1, keepdims=True), 1e-6)
+            emb_bd = l2_normalize(emb_bd)
     rollout = Rollout(tokens_bt=out["tokens"], logprobs_bt=out["logp"], lengths_b=out["lengths"],
                       embedding_bd=emb_bd, forced_b=out["forced"], stopped_eos_b=out["eos"])
     # The final cache is returned (and dropped by the caller) so the donated input buffers alias an output: XLA then

@@ -63,7 +63,7 @@ def load_teacher(checkpoint: str, mesh, tokenizer_path: Optional[str] = None, st
     from flax import nnx
 
     from t1_jax.model.params_io import load_config, load_model
-    from t1_jax.stages.build import model_dir
+    from t1_jax.model.params_io import model_dir
     from t1_jax.text import TOKENIZER_SUBDIR, read_tokenizer
 
     if not fs.exists(checkpoint):

@@ -31,7 +31,7 @@ def test_tiny_stage2_compiles_for_v5p8_through_the_command(tmp_path, capsys):
     # Arguments: the train state (params + 2 AdamW moments, float32, sharded over fsdp x data... at least / 4) and the
     # batch; the donated state is aliased by the outputs.
     cfg = config_lib.load_config("experiments/tiny_stage2.py")
-    from t1_jax.model.qwen3 import param_count
+    from t1_jax.model.counts import param_count
 
     state_bytes = 3 * param_count(cfg.model) * 4
     assert state_bytes / 4 * 0.9 <= memory["argument_bytes"] <= state_bytes * 1.1
@@ -184,7 +184,8 @@ def test_state_shardings_equal_the_trainers_compiled_initialiser():
 
     from t1_jax import mesh as mesh_lib
     from t1_jax.optimizer import make_optimizer
-    from t1_jax.stages.contrastive import make_loss_fn, model_functions
+    from t1_jax.model.functions import model_functions
+    from t1_jax.stages.contrastive import make_loss_fn
     from t1_jax.trainer import TrainStage, init_state_fn
 
     cfg = config_lib.load_config("experiments/tiny_stage1.py")  # fsdp 2 x tensor 2 on the 8 CPU devices

@@ -175,7 +175,8 @@ def train_steps(cfg, formatter, examples):
     from t1_jax.data.pipeline import contrastive_batches
     from t1_jax.optimizer import make_optimizer
     from t1_jax.stages.build import grpo_step_fn
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn, model_functions
+    from t1_jax.model.functions import model_functions
+    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn
     from t1_jax.trainer import TrainStage, batch_shardings, init_state_fn, jit_train_step
 
     mesh = mesh_lib.make_mesh(cfg.mesh)

@@ -22,6 +22,13 @@ from t1_jax.model.sharding import param_shardings
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+MODEL_SUBDIR = "model"  # where a finished stage leaves its parameters (the next stage's trainer.init_from)
+
+
+def model_dir(path: str) -> str:
+    """``init_from`` may name a saved model folder or a previous stage's workdir (its ``model/``)."""
+    candidate = fs.join(path, MODEL_SUBDIR)
+    return candidate if fs.isdir(candidate) else path
 
 
 def save_model(directory: str, model: Qwen3, force: bool = True) -> None:

@@ -18,11 +18,11 @@ from t1_jax import distributed
 from t1_jax import fs
 from t1_jax import mesh as mesh_lib
 from t1_jax.config import ConfigError, ExperimentConfig
+from t1_jax.model.params_io import MODEL_SUBDIR, model_dir
 from t1_jax.trainer import Trainer, TrainStage, TrainState
 
 log = logging.getLogger(__name__)
 
-MODEL_SUBDIR = "model"  # where a finished stage leaves its parameters (the next stage's trainer.init_from)
 DATA_REPORT = "data_report.json"  # what the token budgets cut in the training data (t1_jax.data.budget)
 
 
@@ -35,12 +35,6 @@ def resolve_model_config(cfg: ExperimentConfig, formatter) -> ExperimentConfig:
         raise ConfigError(f"model.vocab_size {model_cfg.vocab_size} is smaller than the tokenizer "
                           f"({len(formatter.tokenizer)} tokens including {cfg.text.emb_token})")
     return dataclasses.replace(cfg, model=model_cfg)
-
-
-def model_dir(path: str) -> str:
-    """``init_from`` may name a saved model folder or a previous stage's workdir (its ``model/``)."""
-    candidate = fs.join(path, MODEL_SUBDIR)
-    return candidate if fs.isdir(candidate) else path
 
 
 def resolve_tokenizer(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -116,8 +110,9 @@ def training_batches(cfg: ExperimentConfig, mesh, formatter, query_kind: str):
 
 
 def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn, model_functions
-    from t1_jax.model.qwen3 import param_count
+    from t1_jax.model.counts import param_count
+    from t1_jax.model.functions import model_functions
+    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn
 
     with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
     batches, data_report = training_batches(cfg, mesh, formatter,
@@ -157,7 +152,7 @@ def grpo_step_fn(cfg: ExperimentConfig, graphdef) -> Callable:
 
 
 def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
-    from t1_jax.stages.contrastive import model_functions
+    from t1_jax.model.functions import model_functions
     from t1_jax.stages.grpo import init_extra_fn
 
     g = cfg.grpo

@@ -22,7 +22,7 @@ Optimizer).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,25 +33,13 @@ from t1_jax import losses
 from t1_jax.config import ConfigError, ExperimentConfig
 from t1_jax.logprobs import chunked_token_ce
 from t1_jax.mesh import batch_shard_count
-from t1_jax.model import Qwen3, abstract_model, param_shardings
+from t1_jax.model import Qwen3
+from t1_jax.model.embedding import embed_last
 from t1_jax.optimizer import NORMALIZERS
-from t1_jax.sampler import positions_from_valid
 
 log = logging.getLogger(__name__)
 
 STAGES_WITH_REASONING = {"contrastive": False, "reasoning": True}
-
-
-def l2_normalize(x_bd: jax.Array) -> jax.Array:
-    return x_bd / jnp.maximum(jnp.linalg.norm(x_bd, axis=-1, keepdims=True), 1e-6)
-
-
-def embed_last(model: Qwen3, ids_bt, valid_bt, normalize: bool):
-    """(embedding_bd float32 at the last real token = ``<embtoken>``, hidden_btd)."""
-    hidden_btd, _ = model(ids_bt, positions_from_valid(valid_bt), valid_bt)
-    last_b = jnp.sum(valid_bt.astype(jnp.int32), axis=-1) - 1
-    emb_bd = jnp.take_along_axis(hidden_btd, last_b[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    return (l2_normalize(emb_bd) if normalize else emb_bd), hidden_btd
 
 
 def _reasoning_ce(model: Qwen3, hidden_btd, ids_bt, loss_bt, chunk: int):
@@ -169,14 +157,3 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
         return loss + surrogate - jax.lax.stop_gradient(surrogate), metrics
 
     return gradcache
-
-
-def model_functions(cfg: ExperimentConfig, mesh: Mesh) -> tuple[Any, Callable, Any]:
-    """(graphdef, init_params(rng) -> params, param shardings) for ``cfg.model``."""
-    abstract = abstract_model(cfg.model)
-    graphdef, abstract_params = nnx.split(abstract)
-
-    def init_params(rng):
-        return nnx.split(Qwen3(cfg.model, rngs=nnx.Rngs(params=rng)))[1]
-
-    return graphdef, init_params, param_shardings(abstract_params, mesh)

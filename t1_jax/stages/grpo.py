@@ -32,8 +32,7 @@ from t1_jax.config import ExperimentConfig, dtype as to_dtype
 from t1_jax.grpo import combined_reward, compute_advantages, labels_from_ids, policy_loss
 from t1_jax.logprobs import token_logprobs
 from t1_jax.optimizer import update_metrics
-from t1_jax.sampler import positions_from_valid
-from t1_jax.stages.contrastive import embed_last, l2_normalize
+from t1_jax.model.embedding import embed_last, embedding_at, positions_from_valid
 from t1_jax.trainer import TrainState, apply_gradients
 
 
@@ -76,8 +75,7 @@ def teacher_forced(model, seqs: Sequences, tokens_bg, temperature: float, chunk:
     hidden_btd, _ = model(seqs.ids_bt, positions_from_valid(seqs.valid_bt), seqs.valid_bt)
     h_gen = jnp.take_along_axis(hidden_btd, seqs.gen_hidden_index_bg[..., None], axis=1)
     logp, entropy = token_logprobs(h_gen, tokens_bg, model.logits, chunk, temperature)
-    emb = jnp.take_along_axis(hidden_btd, seqs.emb_index_b[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    return logp, entropy, (l2_normalize(emb) if normalize else emb)
+    return logp, entropy, embedding_at(hidden_btd, seqs.emb_index_b, normalize)
 
 
 def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Callable:
