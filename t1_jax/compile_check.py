@@ -12,7 +12,7 @@ Per program it reports XLA's per-chip memory against the chip's HBM (:func:`t1_j
 FLOPs of one step (:func:`t1_jax.model.counts.decoder_flops`, attention and remat recompute included) and the roofline lower
 bound on step time with the tokens/s it implies. Programs per stage come from the ``PROGRAMS`` registry: stages 1
 and 2 compile the train step; stage 3 the whole GRPO step (rollout included) and the rollout sampler alone, built by
-``t1_jax.stages.build.grpo_step_fn`` / ``grpo_sample_fn`` (reported as not available when those are missing).
+``t1_jax.stages.build.grpo_step_fn`` / ``grpo_sample_fn``.
 """
 from __future__ import annotations
 
@@ -27,10 +27,6 @@ from t1_jax.model.counts import FlopCount
 from t1_jax.tpu import MemoryReport, TopologySpec
 
 log = logging.getLogger(__name__)
-
-
-class StageNotAvailable(RuntimeError):
-    """The configured stage has no programs to compile yet (e.g. stage 3 before the GRPO stage lands)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +119,11 @@ def padded_lengths(cfg: ExperimentConfig, with_reasoning: bool) -> tuple[int, in
     Query = the prompt (``text.max_query_tokens``) [+ ``text.max_reasoning_tokens`` of reasoning] + ``<embtoken>``;
     document = ``text.max_doc_tokens`` (``<embtoken>`` included); both rounded up by the pipeline's bucketing.
     """
-    from t1_jax.data.pipeline import bucket_length
+    from t1_jax.data.pipeline import training_length
 
     t = cfg.text
     query = t.max_query_tokens + (t.max_reasoning_tokens if with_reasoning else 0) + 1
-    return bucket_length(query, cfg.data.length_buckets), bucket_length(t.max_doc_tokens, cfg.data.length_buckets)
+    return training_length(query, cfg.data.length_buckets), training_length(t.max_doc_tokens, cfg.data.length_buckets)
 
 
 def with_placeholder_tokens(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -233,10 +229,9 @@ def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[st
     import jax
 
     from t1_jax import mesh as mesh_lib
-    from t1_jax.optimizer import make_optimizer
-    from t1_jax.trainer import batch_shardings, init_state_fn, jit_train_step
+    from t1_jax.trainer import batch_shardings, init_state_fn, jit_train_step, stage_optimizer
 
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps * stage.updates_per_step)
+    tx, schedule = stage_optimizer(cfg, stage)
     with mesh_lib.use_mesh(mesh):
         rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
         state_shardings = state_shardings_of(stage, tx, mesh, rng)
@@ -302,10 +297,10 @@ def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
 
 def grpo_lengths(cfg: ExperimentConfig) -> tuple[int, int]:
     """(prompt, document) padded lengths of stage 3's batches: the prompt has no ``<embtoken>``."""
-    from t1_jax.data.pipeline import bucket_length
+    from t1_jax.data.pipeline import training_length
 
     t = cfg.text
-    return bucket_length(t.max_query_tokens, cfg.data.length_buckets), bucket_length(t.max_doc_tokens,
+    return training_length(t.max_query_tokens, cfg.data.length_buckets), training_length(t.max_doc_tokens,
                                                                                      cfg.data.length_buckets)
 
 
@@ -317,17 +312,13 @@ def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
 
     from t1_jax.stages import build
 
-    step_builder = getattr(build, "grpo_step_fn", None)
-    if step_builder is None or "grpo" not in build.STAGE_BUILDERS:
-        raise StageNotAvailable("stage 3 (GRPO) not available yet: t1_jax.stages.build has no GRPO step builder "
-                                "(grpo_step_fn) in this checkout")
     from t1_jax.model.functions import model_functions
     from t1_jax.stages.grpo import init_extra_fn
     from t1_jax.trainer import TrainStage
 
     g = cfg.grpo
     graphdef, init_params, shardings = model_functions(cfg, mesh)
-    stage = TrainStage(name="grpo", init_params=init_params, batches=None, step_fn=step_builder(cfg, graphdef),
+    stage = TrainStage(name="grpo", init_params=init_params, batches=None, step_fn=build.grpo_step_fn(cfg, graphdef),
                        param_shardings=shardings, updates_per_step=g.inner_steps, init_extra=init_extra_fn(cfg))
     b = cfg.data.global_batch_size
     n = b * (1 + cfg.data.num_hard_negatives)
@@ -380,8 +371,7 @@ def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]
           kind: Optional[str] = None) -> CheckResult:
     """Compile the configured stage's programs for ``topology``; see the module docstring. ``programs`` picks some
     by name (default all); ``kind`` the PROGRAMS entry (default ``trainer.stage``; ``generate`` = the sampler's
-    prefill and decode loop, t1_jax.compile_generate). Raises ConfigError (bad mesh/batch), StageNotAvailable,
-    RuntimeError (no libtpu)."""
+    prefill and decode loop, t1_jax.compile_generate). Raises ConfigError (bad mesh/batch), RuntimeError (no libtpu)."""
     from t1_jax import config as config_lib
     from t1_jax.tpu import compile_report, parse_topology, roofline_seconds, topology_mesh
 

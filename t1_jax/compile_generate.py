@@ -187,7 +187,7 @@ class _Bound:
 
 def prompt_length(cfg: ExperimentConfig) -> int:
     """The padded prompt length: ``text.max_query_tokens`` rounded up to ``sampling.prompt_buckets``."""
-    from t1_jax.data.pipeline import bucket_length
+    from t1_jax.encoder import bucket_length  # what t1 generate pads prompts to (t1_jax.teacher)
 
     return bucket_length(cfg.text.max_query_tokens, cfg.sampling.prompt_buckets)
 

@@ -372,6 +372,9 @@ class TrainerConfig:
         return errors
 
 
+INDEX_MODES = ("auto", "brute_force", "tree_ah")
+
+
 @dataclasses.dataclass(frozen=True)
 class RetrievalConfig:
     """Embedding store and ScaNN index settings (0 / empty = chosen from corpus size)."""
@@ -405,8 +408,8 @@ class RetrievalConfig:
             errors.append(f"retrieval.top_k must be positive, got {self.top_k}")
         if self.encode_batch_size <= 0:
             errors.append(f"retrieval.encode_batch_size must be positive, got {self.encode_batch_size}")
-        if self.index_mode not in ("auto", "brute_force", "tree_ah"):
-            errors.append(f"retrieval.index_mode must be auto, brute_force or tree_ah; got {self.index_mode!r}")
+        if self.index_mode not in INDEX_MODES:
+            errors.append(f"retrieval.index_mode must be one of {', '.join(INDEX_MODES)}; got {self.index_mode!r}")
         return errors
 
 

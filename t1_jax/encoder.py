@@ -38,7 +38,8 @@ DOC_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512)  # padded lengths for one
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= n; beyond the largest, the next multiple of the largest."""
+    """The padded length of an inference batch: the smallest bucket >= n; beyond the largest, the next multiple of the
+    largest (any text can be encoded; training refuses instead: :func:`t1_jax.data.pipeline.training_length`)."""
     for b in buckets:
         if n <= b:
             return int(b)
@@ -140,7 +141,7 @@ class Encoder:
         formatter = T1Formatter(load_tokenizer(tok_path, text_cfg.emb_token), text_cfg)
         # Inference updates nothing: parameters are held in the compute dtype (a trained model's float32 masters are
         # cast on restore), unless cfg_overrides says otherwise.
-        from t1_jax.model.params_io import load_config as load_model_config
+        from t1_jax.model.params_io import load_model_config
 
         overrides = dict(cfg_overrides or {})
         overrides.setdefault("param_dtype", overrides.get("compute_dtype", load_model_config(model_path).compute_dtype))

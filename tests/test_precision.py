@@ -309,12 +309,12 @@ def test_bfloat16_import_becomes_float32_masters_and_exports_as_bfloat16(tmp_pat
     from tests.model_helpers import save_random_hf
     from t1_jax.cli import main
     from t1_jax.model import safetensors_io as st
-    from t1_jax.model.params_io import load_config, save_model
+    from t1_jax.model.params_io import load_model_config, save_model
     from t1_jax.stages.build import pretrained_loader
 
     save_random_hf(tmp_path / "f32").to(torch.bfloat16).save_pretrained(tmp_path / "hf")
     assert main(["convert", "hf-to-t1", str(tmp_path / "hf"), str(tmp_path / "t1"), "--emb-token-id", "600"]) == 0
-    stored = load_config(str(tmp_path / "t1"))
+    stored = load_model_config(str(tmp_path / "t1"))
     assert (stored.param_dtype, stored.compute_dtype) == ("bfloat16", "bfloat16")  # the import keeps the file's dtype
 
     model_cfg = dataclasses.replace(stored, param_dtype="float32", compute_dtype="bfloat16")

@@ -60,8 +60,11 @@ def _select(num_negatives: int):
     return select
 
 
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
-    """The padded length for a batch whose longest sequence has ``length`` tokens."""
+def training_length(length: int, buckets: Sequence[int]) -> int:
+    """The padded length for a training batch whose longest sequence has ``length`` tokens: the smallest bucket that
+    holds it, an error past the largest (the budgets bound training lengths; every host pads to the same shapes),
+    a multiple of ``ROUND_TO`` without buckets. Inference pads past the largest bucket instead
+    (:func:`t1_jax.encoder.bucket_length`)."""
     for b in buckets:
         if length <= b:
             return b
@@ -121,8 +124,8 @@ class Collate:
         if self.fixed_lengths:
             tq, td = self.fixed_lengths
         else:
-            tq = bucket_length(max(len(q) for q in queries), self.buckets)
-            td = bucket_length(max(len(d) for d in encoded_real), self.buckets)
+            tq = training_length(max(len(q) for q in queries), self.buckets)
+            td = training_length(max(len(d) for d in encoded_real), self.buckets)
         q_ids, q_valid, q_loss = self._pad(queries, tq)
         d_ids, d_valid, _ = self._pad(docs, td)
         per = 1 + self.num_negatives
@@ -145,7 +148,7 @@ def max_lengths(formatter: T1Formatter, query_kind: str, domains: Sequence[Optio
     row = (long, long) if query_kind == "query_with_reasoning" else long
     q = fmt_len(formatter, query_kind, [row] * len(domains), domains)
     d = fmt_len(formatter, "document", [long] * len(domains), domains)
-    return bucket_length(q, ()), bucket_length(d, ())
+    return training_length(q, ()), training_length(d, ())
 
 
 def fmt_len(formatter, kind, rows, domains) -> int:
@@ -193,7 +196,7 @@ def contrastive_batches(examples: Sequence[TrainExample], formatter: T1Formatter
     fixed = None
     if processes > 1:  # every host must build arrays of the same global shape: pad to the longest possible
         longest = max_lengths(formatter, query_kind, [e.domain for e in examples])
-        fixed = tuple(bucket_length(n, data_cfg.length_buckets) for n in longest)
+        fixed = tuple(training_length(n, data_cfg.length_buckets) for n in longest)
     collate = Collate(formatter, query_kind, data_cfg.num_hard_negatives, data_cfg.max_positives,
                       data_cfg.length_buckets, fixed)
     ds = ds.batch(global_batch, drop_remainder=True,

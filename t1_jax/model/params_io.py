@@ -45,7 +45,8 @@ def save_model(directory: str, model: Qwen3, force: bool = True) -> None:
         fs.write_text(fs.join(directory, CONFIG_FILE), json.dumps(to_dict(model.cfg), indent=2, sort_keys=True))
 
 
-def load_config(directory: str) -> ModelConfig:
+def load_model_config(directory: str) -> ModelConfig:
+    """The ModelConfig of a saved model folder (its ``model_config.json``)."""
     path = fs.join(directory, CONFIG_FILE)
     if not fs.isfile(path):
         raise FileNotFoundError(f"{directory} is not a saved model: {CONFIG_FILE} is missing")
@@ -65,7 +66,7 @@ def load_model(directory: str, mesh: Optional[Mesh] = None, rules: Rules = LOGIC
 
     import orbax.checkpoint as ocp
 
-    cfg = load_config(directory)
+    cfg = load_model_config(directory)
     if cfg_overrides:
         cfg = dataclasses.replace(cfg, **cfg_overrides)
     graphdef, state = nnx.split(abstract_model(cfg))
