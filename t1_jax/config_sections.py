@@ -349,7 +349,7 @@ class GRPOConfig:
 class TrainerConfig:
     """One loop for every stage."""
 
-    stage: str = "contrastive"  # contrastive (stage 1) | reasoning (stage 2) | grpo (stage 3)
+    stage: str = "contrastive"  # contrastive (stage 1) | reasoning (stage 2) | grpo (stage 3): t1_jax.stages.registry
     num_steps: int = 100
     seed: int = 0
     init_from: str = ""  # an imported HF checkpoint (orbax) or a previous stage's workdir; empty = random init
@@ -360,9 +360,11 @@ class TrainerConfig:
     async_checkpointing: bool = True
 
     def validate(self) -> list[str]:
+        from t1_jax.stages.registry import STAGES
+
         errors = []
-        if self.stage not in ("contrastive", "reasoning", "grpo"):
-            errors.append(f"trainer.stage must be contrastive, reasoning or grpo; got {self.stage!r}")
+        if self.stage not in STAGES:
+            errors.append(f"trainer.stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
         for name in ("num_steps", "log_every", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 errors.append(f"trainer.{name} must be positive, got {getattr(self, name)}")

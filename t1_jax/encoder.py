@@ -39,7 +39,7 @@ DOC_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512)  # padded lengths for one
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
     """The padded length of an inference batch: the smallest bucket >= n; beyond the largest, the next multiple of the
-    largest (any text can be encoded; training refuses instead: :func:`t1_jax.data.pipeline.training_length`)."""
+    largest (any text can be encoded; training refuses instead: :func:`t1_jax.data.batch_spec.training_length`)."""
     for b in buckets:
         if n <= b:
             return int(b)

@@ -87,11 +87,16 @@ def test_padded_lengths_follow_the_pipeline():
     import dataclasses
 
     cfg = config_lib.load_config("experiments/t1_4b_stage2.py")  # length_buckets (512, 832)
-    assert compile_check.padded_lengths(cfg, with_reasoning=False) == (512, 512)  # 256 + 1 -> bucket 512
-    assert compile_check.padded_lengths(cfg, with_reasoning=True) == (832, 512)  # 256 + 512 + 1 -> 832
+    from t1_jax.data.batch_spec import padded_lengths
+    from t1_jax.stages.registry import STAGES
+
+    assert padded_lengths(cfg, "query_direct") == (512, 512)  # 256 + 1 -> bucket 512
+    assert padded_lengths(cfg, "query_with_reasoning") == (832, 512)  # 256 + 512 + 1 -> 832
+    assert padded_lengths(cfg, "query_prompt") == (512, 512)  # 256, no <embtoken>
     unbucketed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, length_buckets=()))
-    assert compile_check.padded_lengths(unbucketed, with_reasoning=False) == (320, 512)  # multiples of 64
-    shapes = compile_check.contrastive_batch_shapes(cfg, with_reasoning=True)
+    assert padded_lengths(unbucketed, "query_direct") == (320, 512)  # multiples of 64
+    assert padded_lengths(unbucketed, "query_prompt") == (256, 512)
+    shapes = STAGES["reasoning"].batch_spec(cfg)
     b = cfg.data.global_batch_size
     assert shapes["q_ids"][0] == (b, 832) and shapes["d_ids"][0] == (2 * b, 512)
     assert shapes["pos_keys"][0] == (b, cfg.data.max_positives)
@@ -99,13 +104,14 @@ def test_padded_lengths_follow_the_pipeline():
 
 def test_gradcache_and_reasoning_flops_accounting():
     cfg = config_lib.load_config("experiments/tiny_stage2.py", SMALL + ["text.max_reasoning_tokens=20"])
-    base = compile_check.contrastive_flops(cfg, with_reasoning=True)
-    stage1 = compile_check.contrastive_flops(cfg, with_reasoning=False)
+    base = compile_check.contrastive_flops(cfg, "query_with_reasoning")
+    stage1 = compile_check.contrastive_flops(cfg, "query_direct")
     assert stage1.lm_head == 0 and base.lm_head > 0
     # The CE's rematerialised logits: one extra forward of the LM head over every query position (8 x 63 -> 64).
     m = cfg.model
     assert base.recompute == pytest.approx(2 * m.hidden_size * m.vocab_size * 8 * 64)
-    gc = compile_check.contrastive_flops(config_lib.apply_overrides(cfg, ["loss.gradcache_chunk=4"]), True)
+    gc = compile_check.contrastive_flops(config_lib.apply_overrides(cfg, ["loss.gradcache_chunk=4"]),
+                                     "query_with_reasoning")
     forward = (base.layers + base.attention + base.lm_head) / 3
     assert gc.recompute - base.recompute == pytest.approx(forward)
 

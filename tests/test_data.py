@@ -6,7 +6,8 @@ import pytest
 
 from t1_jax import config as cfg_lib
 from t1_jax.data.examples import doc_key, load_beir_examples, load_examples, load_jsonl_examples
-from t1_jax.data.pipeline import contrastive_batches, training_length
+from t1_jax.data.batch_spec import training_length
+from t1_jax.data.pipeline import contrastive_batches
 from t1_jax.data.readers import DataError
 
 

@@ -174,9 +174,10 @@ def train_steps(cfg, formatter, examples):
     parameters (numpy float64) and each step's metrics."""
     from t1_jax.data.pipeline import contrastive_batches
     from t1_jax.optimizer import make_optimizer
-    from t1_jax.stages.build import grpo_step_fn
     from t1_jax.model.functions import model_functions
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn
+    from t1_jax.stages.contrastive import make_loss_fn
+    from t1_jax.stages.grpo import grpo_step_fn
+    from t1_jax.stages.registry import stage_spec
     from t1_jax.trainer import TrainStage, batch_shardings, init_state_fn, jit_train_step
 
     mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -190,7 +191,7 @@ def train_steps(cfg, formatter, examples):
         stage = TrainStage(cfg.trainer.stage, init_params, None, loss_fn=make_loss_fn(cfg, graphdef, mesh),
                            param_shardings=shardings)
         batches = contrastive_batches(examples, formatter, cfg.data, cfg.data.global_batch_size,
-                                      STAGES_WITH_REASONING[cfg.trainer.stage])
+                                      stage_spec(cfg.trainer.stage).with_reasoning)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
 
     def place(local):  # host batch -> global arrays over the batch axes, as the trainer places them

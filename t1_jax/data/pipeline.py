@@ -8,20 +8,7 @@ the trainer turns the host-local numpy batches into global arrays with ``jax.mak
 The returned iterator is a grain ``DatasetIterator``, so its position is saved in every checkpoint and a resumed run
 sees the same batches.
 
-Batch layout (``b`` = per-host batch, ``H`` = ``data.num_hard_negatives``, ``n = b * (1 + H)`` documents):
-
-=================  ===========  ==================================================================================
-key                shape        meaning
-=================  ===========  ==================================================================================
-``q_ids``          [b, Tq]      query tokens (stage 1: direct query; stage 2: prompt + teacher reasoning), right-padded
-``q_valid``        [b, Tq]      1 = real token
-``q_loss``         [b, Tq]      1 = reasoning target token (stage 2 cross-entropy; zeros in stage 1)
-``d_ids``          [n, Td]      documents, per query ``[positive, negative_1 .. negative_H]``
-``d_valid``        [n, Td]
-``doc_keys``       [n]          31-bit text hash per document (-1 = padding slot when a query has < H negatives)
-``pos_col``        [b]          column of each query's positive among this host's n documents (= i * (1 + H))
-``pos_keys``       [b, P]       keys of all of the query's positives (-1 padded), for duplicate masking
-=================  ===========  ==================================================================================
+Batch layout: :mod:`t1_jax.data.batch_spec` (``contrastive_spec``); every collated batch is checked against it.
 """
 from __future__ import annotations
 
@@ -32,13 +19,9 @@ import grain
 import jax
 import numpy as np
 
+from t1_jax.data.batch_spec import QUERY_KINDS, check_batch, contrastive_spec, training_length
 from t1_jax.data.examples import TrainExample, doc_key
 from t1_jax.text import T1Formatter
-
-ROUND_TO = 64  # without explicit buckets, lengths are padded up to a multiple of this (bounded recompiles)
-# stage 1: instruction + query + <embtoken>; stage 2: + teacher reasoning; stage 3 (GRPO): the prompt the policy
-# continues with its own reasoning.
-QUERY_KINDS = ("query_direct", "query_with_reasoning", "query_prompt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,27 +43,13 @@ def _select(num_negatives: int):
     return select
 
 
-def training_length(length: int, buckets: Sequence[int]) -> int:
-    """The padded length for a training batch whose longest sequence has ``length`` tokens: the smallest bucket that
-    holds it, an error past the largest (the budgets bound training lengths; every host pads to the same shapes),
-    a multiple of ``ROUND_TO`` without buckets. Inference pads past the largest bucket instead
-    (:func:`t1_jax.encoder.bucket_length`)."""
-    for b in buckets:
-        if length <= b:
-            return b
-    if buckets:
-        raise ValueError(f"a sequence of {length} tokens exceeds the largest length bucket {buckets[-1]}; add a larger "
-                         f"bucket to data.length_buckets")
-    return -(-length // ROUND_TO) * ROUND_TO
-
-
 class Collate:
     """Tokenise a list of selected examples with the T1 formats and pad to the bucket lengths."""
 
     def __init__(self, formatter: T1Formatter, query_kind: str, num_negatives: int, max_positives: int,
                  buckets: Sequence[int] = (), fixed_lengths: Optional[tuple[int, int]] = None):
         if query_kind not in QUERY_KINDS:
-            raise ValueError(f"query kind {query_kind!r}; one of {QUERY_KINDS}")
+            raise ValueError(f"query kind {query_kind!r}; one of {tuple(QUERY_KINDS)}")
         self.formatter = formatter
         self.query_kind = query_kind
         self.num_negatives = num_negatives
@@ -136,9 +105,11 @@ class Collate:
             pos_keys[i, :len(keys)] = keys
             if doc_keys[i * per] not in keys:  # the sampled positive is always among the remembered ones
                 pos_keys[i, -1] = doc_keys[i * per]
-        return {"q_ids": q_ids, "q_valid": q_valid, "q_loss": q_loss, "d_ids": d_ids, "d_valid": d_valid,
-                "doc_keys": doc_keys, "pos_col": (np.arange(len(selected)) * per).astype(np.int32),
-                "pos_keys": pos_keys}
+        batch = {"q_ids": q_ids, "q_valid": q_valid, "q_loss": q_loss, "d_ids": d_ids, "d_valid": d_valid,
+                 "doc_keys": doc_keys, "pos_col": (np.arange(len(selected)) * per).astype(np.int32),
+                 "pos_keys": pos_keys}
+        check_batch(batch, contrastive_spec(len(selected), per, self.max_positives, tq, td))
+        return batch
 
 
 def max_lengths(formatter: T1Formatter, query_kind: str, domains: Sequence[Optional[str]]) -> tuple[int, int]:

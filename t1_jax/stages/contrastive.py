@@ -31,16 +31,17 @@ from jax.sharding import Mesh
 
 from t1_jax import losses
 from t1_jax.config import ConfigError, ExperimentConfig
+from t1_jax.data.batch_spec import logical_axes
 from t1_jax.logprobs import chunked_token_ce
 from t1_jax.mesh import batch_shard_count
 from t1_jax.model import Qwen3
 from t1_jax.model.embedding import embed_last
+from t1_jax.model.functions import model_functions
 from t1_jax.optimizer import NORMALIZERS
+from t1_jax.stages.registry import stage_spec
+from t1_jax.trainer import TrainStage
 
 log = logging.getLogger(__name__)
-
-STAGES_WITH_REASONING = {"contrastive": False, "reasoning": True}
-
 
 def _reasoning_ce(model: Qwen3, hidden_btd, ids_bt, loss_bt, chunk: int):
     """Sum and count of next-token CE on the reasoning targets (position t predicts token t + 1)."""
@@ -55,7 +56,7 @@ def _ce_targets(batch) -> dict:
 def loss_normalizers(cfg: ExperimentConfig):
     """The stage's ``TrainStage.loss_normalizers``: stage 2's CE is a token mean over the whole step, so under
     gradient accumulation every micro-batch divides its CE sum by the step's target tokens / grad_accum_steps."""
-    return _ce_targets if STAGES_WITH_REASONING[cfg.trainer.stage] else None
+    return _ce_targets if stage_spec(cfg.trainer.stage).with_reasoning else None
 
 
 def _split_chunks(x, chunks: int):
@@ -71,7 +72,7 @@ def _merge_chunks(x):
 
 
 def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
-    with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
+    with_reasoning = stage_spec(cfg.trainer.stage).with_reasoning
     lcfg = cfg.loss
     normalize = cfg.retrieval.normalize
     contrast = losses.gathered_infonce(mesh, temperature=lcfg.temperature, symmetric=lcfg.symmetric,
@@ -157,3 +158,20 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
         return loss + surrogate - jax.lax.stop_gradient(surrogate), metrics
 
     return gradcache
+
+
+def build_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
+    """Stage 1 or 2 for the trainer (the registry's builder for ``contrastive`` and ``reasoning``)."""
+    from t1_jax.model.counts import param_count
+    from t1_jax.stages.build import pretrained_loader, training_batches
+
+    spec = stage_spec(cfg.trainer.stage)
+    batches, data_report = training_batches(cfg, mesh, formatter, spec.query_kind)
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    return TrainStage(
+        name=spec.title, init_params=init_params, batches=batches, loss_fn=make_loss_fn(cfg, graphdef, mesh),
+        loss_normalizers=loss_normalizers(cfg), param_shardings=shardings,
+        batch_logical_axes=logical_axes(spec.batch_spec(cfg)),
+        pretrained=pretrained_loader(cfg, mesh, formatter),
+        tokens_in_batch=lambda b: int(b["q_valid"].sum() + b["d_valid"].sum()),
+        flops_per_token=6.0 * param_count(cfg.model), data_report=data_report)

@@ -28,12 +28,15 @@ import optax
 from flax import nnx
 
 from t1_jax import losses
-from t1_jax.config import ExperimentConfig, dtype as to_dtype
+from t1_jax.config import ConfigError, ExperimentConfig, dtype as to_dtype
+from t1_jax.data.batch_spec import logical_axes
 from t1_jax.grpo import combined_reward, compute_advantages, labels_from_ids, policy_loss
 from t1_jax.logprobs import token_logprobs
 from t1_jax.optimizer import update_metrics
 from t1_jax.model.embedding import embed_last, embedding_at, positions_from_valid
-from t1_jax.trainer import TrainState, apply_gradients
+from t1_jax.model.functions import model_functions
+from t1_jax.stages.registry import stage_spec
+from t1_jax.trainer import TrainStage, TrainState, apply_gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,3 +185,47 @@ def init_extra_fn(cfg: ExperimentConfig) -> Optional[Callable[[Any], Any]]:
         return None
     compute = to_dtype(cfg.model.compute_dtype)
     return lambda params: {"pool_params": jax.tree.map(lambda p: p.astype(compute), params)}
+
+
+def grpo_sample_fn(cfg: ExperimentConfig, graphdef) -> Callable:
+    """The rollout sampler of stage 3: tempered policy, no top-k/top-p (shared with ``t1 compile-check``)."""
+    from t1_jax.sampler import sample
+
+    sampling = dataclasses.replace(cfg.sampling, temperature=cfg.grpo.rollout_temperature, top_k=0, top_p=1.0)
+    compute = to_dtype(cfg.model.compute_dtype)
+
+    def sample_fn(params, prompt_ids, prompt_valid, rng):
+        # Decoding reads every weight once per token: one compute-dtype copy for the whole rollout, not a cast of the
+        # float32 masters at every step (which would double the bytes each memory-bound decoding step reads).
+        params = jax.tree.map(lambda p: p.astype(compute), params)
+        return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
+                      eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
+
+    return sample_fn
+
+
+def grpo_step_fn(cfg: ExperimentConfig, graphdef) -> Callable:
+    """The GRPO step (rollout, pool, rewards, updates) the trainer jits (shared with ``t1 compile-check``)."""
+    return make_grpo_step(cfg, graphdef, grpo_sample_fn(cfg, graphdef))
+
+
+def build_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
+    """Stage 3 for the trainer (the registry's builder for ``grpo``)."""
+    from t1_jax.stages.build import pretrained_loader, training_batches
+
+    spec = stage_spec(cfg.trainer.stage)
+    g = cfg.grpo
+    pretrained = pretrained_loader(cfg, mesh, formatter)
+    if g.beta > 0 and pretrained is None:
+        raise ConfigError("grpo.beta > 0 needs a reference policy: set trainer.init_from to the stage-2 model (or "
+                          "grpo.beta=0)")
+    batches, data_report = training_batches(cfg, mesh, formatter, spec.query_kind)
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    # The reference policy is only run forward: kept in the compute dtype (half the memory of float32 masters).
+    reference = pretrained_loader(cfg, mesh, formatter, param_dtype=cfg.model.compute_dtype)
+    frozen = (lambda: {"ref": reference()}) if g.beta > 0 else None
+    return TrainStage(
+        name=spec.title, init_params=init_params, batches=batches, step_fn=grpo_step_fn(cfg, graphdef),
+        param_shardings=shardings, batch_logical_axes=logical_axes(spec.batch_spec(cfg)), pretrained=pretrained,
+        frozen=frozen, updates_per_step=g.inner_steps,
+        init_extra=init_extra_fn(cfg), data_report=data_report)  # no MFU: decoding dominates and is memory-bound
