@@ -45,10 +45,10 @@ class Sequences:
 
     ids_bt: jax.Array  # [B, Tp + Tg]
     valid_bt: jax.Array
-    gen_hidden_index_bg: jax.Array  # slot whose hidden state predicts generated token g
+    gen_hidden_index_bt: jax.Array  # [B, Tg]: slot whose hidden state predicts generated token t
     emb_index_b: jax.Array  # slot of the final <embtoken>
-    gen_mask_bg: jax.Array  # 1 = a generated token (up to and including <embtoken>)
-    sampled_mask_bg: jax.Array  # 1 = a token the policy drew: gen_mask without a forced final <embtoken>
+    gen_mask_bt: jax.Array  # [B, Tg]: 1 = a generated token (up to and including <embtoken>)
+    sampled_mask_bt: jax.Array  # [B, Tg]: 1 = a token the policy drew: gen_mask without a forced final <embtoken>
 
 
 def last_real_index(valid_bt: jax.Array) -> jax.Array:
@@ -57,27 +57,27 @@ def last_real_index(valid_bt: jax.Array) -> jax.Array:
     return t - 1 - jnp.argmax(valid_bt.astype(jnp.int32)[:, ::-1], axis=1)
 
 
-def layout(prompt_ids_bt, prompt_valid_bt, tokens_bg, lengths_b, forced_last_b=None) -> Sequences:
+def layout(prompt_ids_bt, prompt_valid_bt, tokens_bt, lengths_b, forced_last_b=None) -> Sequences:
     """``forced_last_b``: rows whose final ``<embtoken>`` was forced (budget reached, or appended after EOS), not
-    sampled: it is left out of ``sampled_mask_bg``, so the policy term never pushes its probability up or down."""
-    tp, tg = prompt_ids_bt.shape[1], tokens_bg.shape[1]
+    sampled: it is left out of ``sampled_mask_bt``, so the policy term never pushes its probability up or down."""
+    tp, tg = prompt_ids_bt.shape[1], tokens_bt.shape[1]
     g = jnp.arange(tg)[None, :]
     gen_mask = (g < lengths_b[:, None]).astype(jnp.int32)
     sampled = gen_mask
     if forced_last_b is not None:
         sampled = gen_mask * (1 - ((g == lengths_b[:, None] - 1) & forced_last_b[:, None]).astype(jnp.int32))
-    ids = jnp.concatenate([prompt_ids_bt, jnp.where(gen_mask > 0, tokens_bg, 0)], axis=1)
+    ids = jnp.concatenate([prompt_ids_bt, jnp.where(gen_mask > 0, tokens_bt, 0)], axis=1)
     valid = jnp.concatenate([prompt_valid_bt.astype(jnp.int32), gen_mask], axis=1)
     prompt_last = last_real_index(prompt_valid_bt)  # the sampler's rule: the prompt's last real token predicts g = 0
     hidden_index = jnp.where(g == 0, prompt_last[:, None], tp + g - 1)
     return Sequences(ids, valid, hidden_index, tp + lengths_b - 1, gen_mask, sampled)
 
 
-def teacher_forced(model, seqs: Sequences, tokens_bg, temperature: float, chunk: int, normalize: bool):
+def teacher_forced(model, seqs: Sequences, tokens_bt, temperature: float, chunk: int, normalize: bool):
     """(log-probs [B, Tg], entropies [B, Tg], <embtoken> embeddings [B, D]) of a sampled continuation."""
     hidden_btd, _ = model(seqs.ids_bt, positions_from_valid(seqs.valid_bt), seqs.valid_bt)
-    h_gen = jnp.take_along_axis(hidden_btd, seqs.gen_hidden_index_bg[..., None], axis=1)
-    logp, entropy = token_logprobs(h_gen, tokens_bg, model.logits, chunk, temperature)
+    h_gen = jnp.take_along_axis(hidden_btd, seqs.gen_hidden_index_bt[..., None], axis=1)
+    logp, entropy = token_logprobs(h_gen, tokens_bt, model.logits, chunk, temperature)
     return logp, entropy, embedding_at(hidden_btd, seqs.emb_index_b, normalize)
 
 
@@ -134,9 +134,9 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
             model = nnx.merge(graphdef, params)
             logp, entropy, emb = teacher_forced(model, seqs, tokens, g.rollout_temperature, g.logprob_chunk_size,
                                                 normalize)
-            loss, metrics = policy_loss(logp, rollout.logprobs_bt, logp_ref, adv, seqs.sampled_mask_bg,
+            loss, metrics = policy_loss(logp, rollout.logprobs_bt, logp_ref, adv, seqs.sampled_mask_bt,
                                         g.epsilon_low, g.epsilon_high, g.beta, g.kl_clamp, g.loss_aggregation)
-            mask = seqs.sampled_mask_bg.astype(jnp.float32)
+            mask = seqs.sampled_mask_bt.astype(jnp.float32)
             metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             if g.aux_infonce_weight:
                 aux, aux_metrics = losses.infonce(emb, d_nd, batch["doc_keys"], pos_col, pos_keys,
