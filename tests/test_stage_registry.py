@@ -54,6 +54,13 @@ def test_batch_spec_layout_and_logical_axes():
     axes = bs.logical_axes(spec)
     assert all(a[0] == "batch" for a in axes.values())
     assert registry.STAGES["contrastive"].batch_spec(cfg, rows=2)["d_ids"][0] == (8, 128)
+    # Buckets that hold the data but not the budgets' maximum (the quickstart's): the longest batch has no spec, but
+    # the trainer's shardings need none of the lengths.
+    short = config_lib.apply_overrides(cfg, ["data.length_buckets=24,40"])
+    with pytest.raises(ValueError, match="exceeds the largest length bucket 40"):
+        registry.STAGES["reasoning"].batch_spec(short)
+    for spec in registry.STAGES.values():
+        assert spec.batch_axes(short) == axes
 
 
 def test_check_batch_names_every_difference():

@@ -78,10 +78,11 @@ def contrastive_spec(rows: int, docs_per_query: int, max_positives: int, query_l
             "pos_col": ((rows,), _I32, ("batch",)), "pos_keys": ((rows, max_positives), _I32, ("batch", None))}
 
 
-def contrastive_batch_spec(cfg, query_kind: str, rows: Optional[int] = None) -> BatchSpec:
-    """A stage's batch spec: the contrastive layout for ``rows`` (default the global batch) at the longest padded
-    lengths of ``query_kind``'s queries."""
-    tq, td = padded_lengths(cfg, query_kind)
+def contrastive_batch_spec(cfg, query_kind: str, rows: Optional[int] = None,
+                           lengths: Optional[tuple[int, int]] = None) -> BatchSpec:
+    """A stage's batch spec: the contrastive layout for ``rows`` (default the global batch) at ``lengths`` (query,
+    document; default the longest padded lengths of ``query_kind``'s queries, :func:`padded_lengths`)."""
+    tq, td = lengths or padded_lengths(cfg, query_kind)
     d = cfg.data
     return contrastive_spec(rows or d.global_batch_size, 1 + d.num_hard_negatives, d.max_positives, tq, td)
 

@@ -31,7 +31,6 @@ from jax.sharding import Mesh
 
 from t1_jax import losses
 from t1_jax.config import ConfigError, ExperimentConfig
-from t1_jax.data.batch_spec import logical_axes
 from t1_jax.logprobs import chunked_token_ce
 from t1_jax.mesh import batch_shard_count
 from t1_jax.model import Qwen3
@@ -171,7 +170,7 @@ def build_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     return TrainStage(
         name=spec.title, init_params=init_params, batches=batches, loss_fn=make_loss_fn(cfg, graphdef, mesh),
         loss_normalizers=loss_normalizers(cfg), param_shardings=shardings,
-        batch_logical_axes=logical_axes(spec.batch_spec(cfg)),
+        batch_logical_axes=spec.batch_axes(cfg),
         pretrained=pretrained_loader(cfg, mesh, formatter),
         tokens_in_batch=lambda b: int(b["q_valid"].sum() + b["d_valid"].sum()),
         flops_per_token=6.0 * param_count(cfg.model), data_report=data_report)

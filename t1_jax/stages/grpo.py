@@ -29,7 +29,6 @@ from flax import nnx
 
 from t1_jax import losses
 from t1_jax.config import ConfigError, ExperimentConfig, dtype as to_dtype
-from t1_jax.data.batch_spec import logical_axes
 from t1_jax.grpo import combined_reward, compute_advantages, labels_from_ids, policy_loss
 from t1_jax.logprobs import token_logprobs
 from t1_jax.optimizer import update_metrics
@@ -226,6 +225,6 @@ def build_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
     frozen = (lambda: {"ref": reference()}) if g.beta > 0 else None
     return TrainStage(
         name=spec.title, init_params=init_params, batches=batches, step_fn=grpo_step_fn(cfg, graphdef),
-        param_shardings=shardings, batch_logical_axes=logical_axes(spec.batch_spec(cfg)), pretrained=pretrained,
+        param_shardings=shardings, batch_logical_axes=spec.batch_axes(cfg), pretrained=pretrained,
         frozen=frozen, updates_per_step=g.inner_steps,
         init_extra=init_extra_fn(cfg), data_report=data_report)  # no MFU: decoding dominates and is memory-bound

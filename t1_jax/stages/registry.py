@@ -15,7 +15,7 @@ import importlib
 from typing import Any, Callable, Optional
 
 from t1_jax.config_sections import ConfigError
-from t1_jax.data.batch_spec import QUERY_KINDS, BatchSpec
+from t1_jax.data.batch_spec import QUERY_KINDS, BatchSpec, logical_axes
 
 
 def resolve(ref: str) -> Callable:
@@ -31,7 +31,8 @@ class StageSpec:
     query_kind: str  # the query format of its batches (t1_jax.data.batch_spec.QUERY_KINDS): carries reasoning?
     build: str  # (cfg, mesh, formatter) -> TrainStage
     programs: str  # (cfg, mesh) -> list[t1_jax.compile_check.Program]: what `t1 compile-check` compiles
-    batch: str = "t1_jax.data.batch_spec:contrastive_batch_spec"  # (cfg, query_kind, rows=None) -> BatchSpec
+    # (cfg, query_kind, rows=None, lengths=None) -> BatchSpec; lengths: per sequence kind, default the longest padded
+    batch: str = "t1_jax.data.batch_spec:contrastive_batch_spec"
     no_grad_accumulation: str = ""  # why optimizer.grad_accum_steps > 1 cannot apply (empty: it can)
 
     @property
@@ -42,6 +43,11 @@ class StageSpec:
     def batch_spec(self, cfg, rows: Optional[int] = None) -> BatchSpec:
         """``{key: (shape, dtype, logical axes)}`` of its global batch (or of ``rows`` rows) at the longest lengths."""
         return resolve(self.batch)(cfg, self.query_kind, rows)
+
+    def batch_axes(self, cfg) -> dict[str, tuple]:
+        """The logical axes of each batch key (the trainer's batch shardings). Lengths play no part, so none are
+        computed: data.length_buckets need only hold the data's real lengths, not the budgets' maximum."""
+        return logical_axes(resolve(self.batch)(cfg, self.query_kind, 1, (1, 1)))
 
     def build_stage(self, cfg, mesh, formatter) -> Any:
         return resolve(self.build)(cfg, mesh, formatter)
