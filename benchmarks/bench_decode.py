@@ -65,7 +65,7 @@ def main() -> int:
     from t1_jax.config import SamplingConfig
     from t1_jax.model.hf import import_hf
     from t1_jax.model.presets import PRESETS
-    from t1_jax.model.qwen3 import layer_shapes
+    from t1_jax.model.counts import layer_shapes
     from t1_jax.sampler import sample
 
     torch.set_num_threads(os.cpu_count())

@@ -19,16 +19,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def forward_flops(cfg, batch: int, length: int) -> float:
-    """Matmul FLOPs of one forward (2 per multiply-add): projections, MLP, and full (unmasked) attention."""
-    d, f, n, k, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    tokens = batch * length
-    proj = 2 * tokens * d * (2 * n * h + 2 * k * h)
-    mlp = 2 * tokens * 3 * d * f
-    attn = 2 * 2 * batch * n * length * length * h
-    return cfg.num_layers * (proj + mlp + attn)
-
-
 def best_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -90,7 +80,8 @@ def main() -> int:
     tokens = rng.integers(0, cfg.vocab_size, (b, t)).astype(np.int32)
     positions = np.tile(np.arange(t, dtype=np.int32), (b, 1))
     mask = np.ones((b, t), bool)
-    flops = forward_flops(cfg, b, t)
+    # matmul FLOPs of one forward (projections, MLP, full unmasked attention): the model's own count
+    flops = cfg.flops_per_token(t, training=False) * b * t
 
     model = Qwen3(cfg, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)

@@ -37,7 +37,7 @@ def layer_weight_bytes(model_cfg, dtype_name: str) -> int:
     """Bytes of one decoder layer's weights, whole (as gathered for its matmuls), in ``dtype_name``."""
     import numpy as np
 
-    from t1_jax.model.qwen3 import layer_shapes
+    from t1_jax.model.counts import layer_shapes
 
     return sum(math.prod(s) for s in layer_shapes(model_cfg).values()) * np.dtype(dtype_name).itemsize
 

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from t1_jax.host_platform import quiet_cpu_start
+
+    cpu_selected = quiet_cpu_start()  # before anything imports JAX: no libtpu probing on hosts without a TPU
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -50,6 +53,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.verbose:  # orbax/absl narrate every checkpoint at INFO; fsspec/gcsfs every gs:// read
         for name in ("absl", "fsspec", "gcsfs"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    if cpu_selected:
+        logging.getLogger(__name__).debug("no TPU or GPU on this host and JAX_PLATFORMS unset: JAX_PLATFORMS=cpu")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

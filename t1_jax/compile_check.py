@@ -9,10 +9,12 @@ lengths. No tokenizer or data is read: the vocabulary and ``<embtoken>`` id come
 id when unset; it does not change any shape).
 
 Per program it reports XLA's per-chip memory against the chip's HBM (:func:`t1_jax.tpu.compile_report`), the analytic
-FLOPs of one step (:func:`t1_jax.tpu.decoder_flops`, attention and remat recompute included) and the roofline lower
-bound on step time with the tokens/s it implies. Programs per stage come from the ``PROGRAMS`` registry: stages 1
-and 2 compile the train step; stage 3 the whole GRPO step (rollout included) and the rollout sampler alone, built by
-``t1_jax.stages.build.grpo_step_fn`` / ``grpo_sample_fn`` (reported as not available when those are missing).
+FLOPs of one step (:func:`t1_jax.model.counts.decoder_flops`, attention and remat recompute included) and the
+roofline lower bound on step time with the tokens/s it implies. A stage's programs are named by its entry in the stage
+registry (:mod:`t1_jax.stages.registry`, ``StageSpec.programs``; generation's are in ``PROGRAMS``): stages 1 and 2
+compile the train step; stage 3 the whole GRPO step (rollout included) and the rollout sampler alone, built by
+``t1_jax.stages.grpo.grpo_step_fn`` / ``grpo_sample_fn``. Each stage's abstract batch is its batch spec
+(:mod:`t1_jax.data.batch_spec`).
 """
 from __future__ import annotations
 
@@ -23,13 +25,10 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from t1_jax.config import ConfigError, ExperimentConfig
-from t1_jax.tpu import FlopCount, MemoryReport, TopologySpec
+from t1_jax.model.counts import FlopCount
+from t1_jax.tpu import MemoryReport, TopologySpec
 
 log = logging.getLogger(__name__)
-
-
-class StageNotAvailable(RuntimeError):
-    """The configured stage has no programs to compile yet (e.g. stage 3 before the GRPO stage lands)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,19 +115,6 @@ class CheckResult:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def padded_lengths(cfg: ExperimentConfig, with_reasoning: bool) -> tuple[int, int]:
-    """(query, document) padded lengths of the longest possible batch, as the multi-host pipeline pads them.
-
-    Query = the prompt (``text.max_query_tokens``) [+ ``text.max_reasoning_tokens`` of reasoning] + ``<embtoken>``;
-    document = ``text.max_doc_tokens`` (``<embtoken>`` included); both rounded up by the pipeline's bucketing.
-    """
-    from t1_jax.data.pipeline import bucket_length
-
-    t = cfg.text
-    query = t.max_query_tokens + (t.max_reasoning_tokens if with_reasoning else 0) + 1
-    return bucket_length(query, cfg.data.length_buckets), bucket_length(t.max_doc_tokens, cfg.data.length_buckets)
-
-
 def with_placeholder_tokens(cfg: ExperimentConfig) -> ExperimentConfig:
     """Give the model an ``<embtoken>`` id when the config has none (no tokenizer is read; shapes do not change)."""
     if cfg.model.emb_token_id is not None:
@@ -136,43 +122,26 @@ def with_placeholder_tokens(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, emb_token_id=cfg.model.vocab_size - 1))
 
 
-def abstract_tree(shapes_dtypes: dict[str, tuple], shardings: dict) -> dict:
-    import jax
-
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k]) for k, (shape, dtype) in shapes_dtypes.items()}
-
-
-def contrastive_batch_shapes(cfg: ExperimentConfig, with_reasoning: bool) -> dict[str, tuple]:
-    """Global batch shapes/dtypes of the contrastive pipeline (t1_jax.data.pipeline's layout) at the padded lengths."""
-    import numpy as np
-
-    b = cfg.data.global_batch_size
-    n = b * (1 + cfg.data.num_hard_negatives)
-    tq, td = padded_lengths(cfg, with_reasoning)
-    i32 = np.int32
-    return {"q_ids": ((b, tq), i32), "q_valid": ((b, tq), i32), "q_loss": ((b, tq), i32), "d_ids": ((n, td), i32),
-            "d_valid": ((n, td), i32), "doc_keys": ((n,), i32), "pos_col": ((b,), i32),
-            "pos_keys": ((b, cfg.data.max_positives), i32)}
-
-
 def _sum_flops(*counts: FlopCount) -> FlopCount:
     return FlopCount(*(sum(getattr(c, f.name) for c in counts) for f in dataclasses.fields(FlopCount)))
 
 
-def contrastive_flops(cfg: ExperimentConfig, with_reasoning: bool) -> FlopCount:
+def contrastive_flops(cfg: ExperimentConfig, query_kind: str) -> FlopCount:
     """Analytic FLOPs of one stage-1/2 step over the whole global batch (our accounting; see docs/tpu.md).
 
     Queries and documents are counted at their own padded lengths. Stage 2's cross-entropy computes logits at every
     query position (in ``loss.ce_chunk_size`` chunks, rematerialised: one extra forward of the LM head). GradCache
     (``loss.gradcache_chunk``) re-runs each chunk's whole forward during the backward pass: one extra forward.
     """
+    from t1_jax.data.batch_spec import QUERY_KINDS, padded_lengths
+    from t1_jax.model.counts import decoder_flops
     from t1_jax.model.splash import attention_fraction
-    from t1_jax.tpu import decoder_flops
 
+    with_reasoning = QUERY_KINDS[query_kind][0]
     m = cfg.model
     b = cfg.data.global_batch_size
     n = b * (1 + cfg.data.num_hard_negatives)
-    tq, td = padded_lengths(cfg, with_reasoning)
+    tq, td = padded_lengths(cfg, query_kind)
     lm_rows = 0
     if with_reasoning:
         chunk = min(cfg.loss.ce_chunk_size, tq - 1)
@@ -229,24 +198,24 @@ def state_shardings_of(stage, tx, mesh, rng) -> Any:
                       rng=replicated(mesh), extra=extra_shardings)
 
 
-def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[str, tuple], flops: FlopCount,
-                       tokens: int, description: str, frozen: Any = None) -> Program:
-    """The trainer's jitted step for ``stage`` (a TrainStage without data) with abstract state and batch."""
+def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_spec, flops: FlopCount, tokens: int,
+                       description: str, frozen: Any = None) -> Program:
+    """The trainer's jitted step for ``stage`` (a TrainStage without data) with abstract state and the abstract batch
+    of ``batch_spec`` (the stage's, :mod:`t1_jax.data.batch_spec`)."""
     import jax
 
     from t1_jax import mesh as mesh_lib
-    from t1_jax.optimizer import make_optimizer
-    from t1_jax.trainer import batch_shardings, init_state_fn, jit_train_step
+    from t1_jax.data.batch_spec import abstract_batch
+    from t1_jax.trainer import init_state_fn, jit_train_step, stage_optimizer
 
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps * stage.updates_per_step)
+    tx, schedule = stage_optimizer(cfg, stage)
     with mesh_lib.use_mesh(mesh):
         rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
         state_shardings = state_shardings_of(stage, tx, mesh, rng)
         abstract_state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                                 jax.eval_shape(init_state_fn(stage, tx), rng), state_shardings)
         step = jit_train_step(stage, cfg.optimizer.grad_accum_steps, tx, schedule, state_shardings)
-    batch = abstract_tree(batch_shapes, batch_shardings(mesh, {k: s for k, (s, _) in batch_shapes.items()},
-                                                        stage.batch_logical_axes))
+    batch = abstract_batch(batch_spec, mesh)
     from t1_jax.chip_memory import train_step_breakdown
 
     return Program("train step", step, (abstract_state, batch, frozen), flops, tokens, description,
@@ -254,21 +223,27 @@ def train_step_program(cfg: ExperimentConfig, mesh, stage, batch_shapes: dict[st
 
 
 def contrastive_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn, model_functions
+    """Stages 1 and 2: the trainer's jitted train step around the stage's loss."""
+    from t1_jax.data.batch_spec import logical_axes
+    from t1_jax.model.functions import model_functions
+    from t1_jax.stages.contrastive import loss_normalizers, make_loss_fn
+    from t1_jax.stages.registry import stage_spec
     from t1_jax.trainer import TrainStage
 
-    with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
+    spec = stage_spec(cfg.trainer.stage)
+    with_reasoning = spec.with_reasoning
+    batch_spec = spec.batch_spec(cfg)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
     stage = TrainStage(name=cfg.trainer.stage, init_params=init_params, batches=None, param_shardings=shardings,
-                       loss_fn=make_loss_fn(cfg, graphdef, mesh), loss_normalizers=loss_normalizers(cfg))
-    shapes = contrastive_batch_shapes(cfg, with_reasoning)
-    b, tq = shapes["q_ids"][0]
-    n, td = shapes["d_ids"][0]
+                       loss_fn=make_loss_fn(cfg, graphdef, mesh), loss_normalizers=loss_normalizers(cfg),
+                       batch_logical_axes=logical_axes(batch_spec))
+    b, tq = batch_spec["q_ids"][0]
+    n, td = batch_spec["d_ids"][0]
     description = (f"global batch {b} queries x {tq} tokens + {n} documents x {td} tokens"
                    f"{' (prompt + reasoning)' if with_reasoning else ''}; remat {cfg.model.remat}; grad accumulation "
                    f"{cfg.optimizer.grad_accum_steps}; GradCache chunk {cfg.loss.gradcache_chunk or 'off'}")
-    return [train_step_program(cfg, mesh, stage, shapes, contrastive_flops(cfg, with_reasoning), b * tq + n * td,
-                               description)]
+    return [train_step_program(cfg, mesh, stage, batch_spec, contrastive_flops(cfg, spec.query_kind),
+                               b * tq + n * td, description)]
 
 
 def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
@@ -281,12 +256,13 @@ def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
     the R prompt+generation sequences (logits at the Tg generated positions, rematerialised once by the chunked
     log-prob scan).
     """
-    from t1_jax.tpu import decoder_flops
+    from t1_jax.data.batch_spec import padded_lengths
+    from t1_jax.model.counts import decoder_flops
 
     m, g = cfg.model, cfg.grpo
     rollouts = cfg.data.global_batch_size * g.group_size
     n = cfg.data.global_batch_size * (1 + cfg.data.num_hard_negatives)
-    tp, td = grpo_lengths(cfg)
+    tp, td = padded_lengths(cfg, "query_prompt")  # the prompt the policy continues: no <embtoken>
     tg = cfg.sampling.max_new_tokens + 1
     cache = tp + tg
     rollout = _sum_flops(decoder_flops(m, rollouts * tp, cache, training=False, lm_head_tokens=rollouts),
@@ -301,42 +277,27 @@ def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
     return rollout, _sum_flops(*parts)
 
 
-def grpo_lengths(cfg: ExperimentConfig) -> tuple[int, int]:
-    """(prompt, document) padded lengths of stage 3's batches: the prompt has no ``<embtoken>``."""
-    from t1_jax.data.pipeline import bucket_length
-
-    t = cfg.text
-    return bucket_length(t.max_query_tokens, cfg.data.length_buckets), bucket_length(t.max_doc_tokens,
-                                                                                     cfg.data.length_buckets)
-
-
 def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
     """Stage 3: the trainer's jitted GRPO step (rollout, pool, rewards, inner updates; built by
-    ``t1_jax.stages.build.grpo_step_fn``) and, separately, the rollout sampler alone."""
+    ``t1_jax.stages.grpo.grpo_step_fn``) and, separately, the rollout sampler alone."""
     import jax
     import numpy as np
 
-    from t1_jax.stages import build
-
-    step_builder = getattr(build, "grpo_step_fn", None)
-    if step_builder is None or "grpo" not in build.STAGE_BUILDERS:
-        raise StageNotAvailable("stage 3 (GRPO) not available yet: t1_jax.stages.build has no GRPO step builder "
-                                "(grpo_step_fn) in this checkout")
-    from t1_jax.stages.contrastive import model_functions
-    from t1_jax.stages.grpo import init_extra_fn
+    from t1_jax.data.batch_spec import logical_axes
+    from t1_jax.model.functions import model_functions
+    from t1_jax.stages.grpo import grpo_sample_fn, grpo_step_fn, init_extra_fn
+    from t1_jax.stages.registry import STAGES
     from t1_jax.trainer import TrainStage
 
     g = cfg.grpo
+    batch_spec = STAGES["grpo"].batch_spec(cfg)
     graphdef, init_params, shardings = model_functions(cfg, mesh)
-    stage = TrainStage(name="grpo", init_params=init_params, batches=None, step_fn=step_builder(cfg, graphdef),
-                       param_shardings=shardings, updates_per_step=g.inner_steps, init_extra=init_extra_fn(cfg))
-    b = cfg.data.global_batch_size
-    n = b * (1 + cfg.data.num_hard_negatives)
-    tp, td = grpo_lengths(cfg)
+    stage = TrainStage(name="grpo", init_params=init_params, batches=None, step_fn=grpo_step_fn(cfg, graphdef),
+                       param_shardings=shardings, updates_per_step=g.inner_steps, init_extra=init_extra_fn(cfg),
+                       batch_logical_axes=logical_axes(batch_spec))
+    b, tp = batch_spec["q_ids"][0]
+    n, td = batch_spec["d_ids"][0]
     i32 = np.int32
-    shapes = {"q_ids": ((b, tp), i32), "q_valid": ((b, tp), i32), "q_loss": ((b, tp), i32), "d_ids": ((n, td), i32),
-              "d_valid": ((n, td), i32), "doc_keys": ((n,), i32), "pos_col": ((b,), i32),
-              "pos_keys": ((b, cfg.data.max_positives), i32)}
     abstract_params = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         jax.eval_shape(init_params, jax.ShapeDtypeStruct((2,), jax.numpy.uint32)), shardings)
@@ -348,12 +309,12 @@ def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
     description = (f"{b} queries x {g.group_size} rollouts, prompt {tp} + up to {tg} generated tokens; pool {n} "
                    f"documents x {td}; {g.inner_steps} update(s); reference policy {'on' if g.beta > 0 else 'off'}; "
                    f"remat {cfg.model.remat}")
-    step = train_step_program(cfg, mesh, stage, shapes, step_flops, rollouts * (tp + tg), description, frozen)
+    step = train_step_program(cfg, mesh, stage, batch_spec, step_flops, rollouts * (tp + tg), description, frozen)
 
     from t1_jax import mesh as mesh_lib
     from t1_jax.chip_memory import rollout_breakdown
 
-    sample_fn = build.grpo_sample_fn(cfg, graphdef)
+    sample_fn = grpo_sample_fn(cfg, graphdef)
     prompt_sharding = mesh_lib.logical_sharding(mesh, ("batch", None))
     prompts = jax.ShapeDtypeStruct((rollouts, tp), i32, sharding=prompt_sharding)
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated(mesh))
@@ -364,13 +325,22 @@ def grpo_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
     return [step, rollout]
 
 
+# Programs of what is not a training stage (generation: t1_jax.compile_generate). A training stage's programs are
+# named by its entry in the stage registry (StageSpec.programs); programs_for looks in both.
 PROGRAMS: dict[str, Callable[[ExperimentConfig, Any], list[Program]]] = {
-    "contrastive": contrastive_programs,
-    "reasoning": contrastive_programs,
-    "grpo": grpo_programs,
     "generate": lambda cfg, mesh: importlib.import_module("t1_jax.compile_generate").generate_programs(cfg, mesh),
     "encode": lambda cfg, mesh: importlib.import_module("t1_jax.compile_encode").encode_programs(cfg, mesh),
 }
+
+
+def programs_for(kind: str) -> Callable[[ExperimentConfig, Any], list[Program]]:
+    from t1_jax.stages.registry import STAGES
+
+    if kind in STAGES:
+        return STAGES[kind].compile_programs
+    if kind in PROGRAMS:
+        return PROGRAMS[kind]
+    raise ConfigError(f"compile check: no programs for {kind!r}; known: {', '.join([*STAGES, *PROGRAMS])}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -381,21 +351,23 @@ PROGRAMS: dict[str, Callable[[ExperimentConfig, Any], list[Program]]] = {
 def check(cfg: ExperimentConfig, topology: str, programs: Optional[Sequence[str]] = None,
           kind: Optional[str] = None) -> CheckResult:
     """Compile the configured stage's programs for ``topology``; see the module docstring. ``programs`` picks some
-    by name (default all); ``kind`` the PROGRAMS entry (default ``trainer.stage``; ``generate`` = the sampler's
-    prefill and decode loop, t1_jax.compile_generate). Raises ConfigError (bad mesh/batch), StageNotAvailable,
-    RuntimeError (no libtpu)."""
+    by name (default all); ``kind`` a training stage or a ``PROGRAMS`` entry (:func:`programs_for`; default
+    ``trainer.stage``; ``generate`` = the sampler's prefill and decode loop, t1_jax.compile_generate). Raises
+    ConfigError (bad mesh/batch), RuntimeError (no libtpu)."""
     from t1_jax import config as config_lib
+    from t1_jax.stages.registry import STAGES
     from t1_jax.tpu import compile_report, parse_topology, roofline_seconds, topology_mesh
 
     start = time.perf_counter()
     spec = parse_topology(topology)
     kind = kind or cfg.trainer.stage
-    config_lib.validate(cfg, device_count=spec.chips, training=kind not in ("generate", "encode"))
-    if kind not in PROGRAMS:
-        raise ConfigError(f"compile check: no programs for {kind!r}; known: {', '.join(PROGRAMS)}")
+    if kind in STAGES:  # a training stage's programs, compiled as that stage (--kind may name another one)
+        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, stage=kind))
+    config_lib.validate(cfg, device_count=spec.chips, training=kind in STAGES)
+    build_programs = programs_for(kind)
     cfg = with_placeholder_tokens(cfg)
     mesh = topology_mesh(topology, cfg.mesh)
-    built = PROGRAMS[kind](cfg, mesh)
+    built = build_programs(cfg, mesh)
     if programs:
         unknown = set(programs) - {p.name for p in built}
         if unknown:

@@ -41,8 +41,8 @@ def encode_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
 
     from t1_jax import mesh as mesh_lib
     from t1_jax.model.splash import attention_fraction
-    from t1_jax.stages.contrastive import model_functions
-    from t1_jax.tpu import decoder_flops
+    from t1_jax.model.counts import decoder_flops
+    from t1_jax.model.functions import model_functions
 
     graphdef, init_params, shardings = model_functions(cfg, mesh)
     params: Any = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

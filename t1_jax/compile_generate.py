@@ -187,7 +187,7 @@ class _Bound:
 
 def prompt_length(cfg: ExperimentConfig) -> int:
     """The padded prompt length: ``text.max_query_tokens`` rounded up to ``sampling.prompt_buckets``."""
-    from t1_jax.data.pipeline import bucket_length
+    from t1_jax.encoder import bucket_length  # what t1 generate pads prompts to (t1_jax.teacher)
 
     return bucket_length(cfg.text.max_query_tokens, cfg.sampling.prompt_buckets)
 
@@ -200,8 +200,8 @@ def generate_programs(cfg: ExperimentConfig, mesh) -> list[Program]:
     from t1_jax import mesh as mesh_lib, sampler
     from t1_jax.chip_memory import shard_bytes
     from t1_jax.model.cache import KVCache
-    from t1_jax.stages.contrastive import model_functions
-    from t1_jax.tpu import decoder_flops
+    from t1_jax.model.functions import model_functions
+    from t1_jax.model.counts import decoder_flops
 
     graphdef, init_params, shardings = model_functions(cfg, mesh)
     params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

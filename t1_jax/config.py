@@ -62,11 +62,13 @@ def validate(cfg: ExperimentConfig, device_count: Optional[int] = None, training
             errors.extend(section.validate())
     if training:
         errors.extend(master_weight_problems(cfg.model.param_dtype, cfg.optimizer.lr))
-    if cfg.trainer.stage == "grpo" and cfg.optimizer.grad_accum_steps > 1:  # docs/training.md, Stage 3
+    from t1_jax.stages.registry import STAGES
+
+    stage = STAGES.get(cfg.trainer.stage)
+    if stage and stage.no_grad_accumulation and cfg.optimizer.grad_accum_steps > 1:  # docs/training.md, Stage 3
         errors.append(f"optimizer.grad_accum_steps={cfg.optimizer.grad_accum_steps} is not supported by "
-                      f"trainer.stage=grpo (a step samples, scores against its whole batch's documents and updates at "
-                      f"once): set it to 1; for less memory lower data.global_batch_size, grpo.group_size or "
-                      f"grpo.logprob_chunk_size")
+                      f"trainer.stage={stage.name} ({stage.no_grad_accumulation}): set it to 1; for less memory lower "
+                      f"data.global_batch_size, grpo.group_size or grpo.logprob_chunk_size")
     if device_count is not None and not cfg.mesh.validate():
         try:
             cfg.mesh.resolve(device_count)

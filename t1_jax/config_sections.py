@@ -76,6 +76,13 @@ class ModelConfig:
             errors.append(f"model.rms_norm_eps must be positive, got {self.rms_norm_eps}")
         return errors
 
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        """Analytic FLOPs per token in sequences of ``seq_len`` tokens, LM head excluded (the config owns its cost,
+        as levanter's does): :func:`t1_jax.model.counts.decoder_flops` of one token, with ``remat``'s recompute."""
+        from t1_jax.model.counts import decoder_flops
+
+        return decoder_flops(self, tokens=1, seq_len=seq_len, training=training).total
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
@@ -357,7 +364,7 @@ class GRPOConfig:
 class TrainerConfig:
     """One loop for every stage."""
 
-    stage: str = "contrastive"  # contrastive (stage 1) | reasoning (stage 2) | grpo (stage 3)
+    stage: str = "contrastive"  # contrastive (stage 1) | reasoning (stage 2) | grpo (stage 3): t1_jax.stages.registry
     num_steps: int = 100
     seed: int = 0
     init_from: str = ""  # an imported HF checkpoint (orbax) or a previous stage's workdir; empty = random init
@@ -368,9 +375,11 @@ class TrainerConfig:
     async_checkpointing: bool = True
 
     def validate(self) -> list[str]:
+        from t1_jax.stages.registry import STAGES
+
         errors = []
-        if self.stage not in ("contrastive", "reasoning", "grpo"):
-            errors.append(f"trainer.stage must be contrastive, reasoning or grpo; got {self.stage!r}")
+        if self.stage not in STAGES:
+            errors.append(f"trainer.stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
         for name in ("num_steps", "log_every", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 errors.append(f"trainer.{name} must be positive, got {getattr(self, name)}")
@@ -378,6 +387,9 @@ class TrainerConfig:
             if getattr(self, name) < 0:
                 errors.append(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
         return errors
+
+
+INDEX_MODES = ("auto", "brute_force", "tree_ah")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,8 +425,8 @@ class RetrievalConfig:
             errors.append(f"retrieval.top_k must be positive, got {self.top_k}")
         if self.encode_batch_size <= 0:
             errors.append(f"retrieval.encode_batch_size must be positive, got {self.encode_batch_size}")
-        if self.index_mode not in ("auto", "brute_force", "tree_ah"):
-            errors.append(f"retrieval.index_mode must be auto, brute_force or tree_ah; got {self.index_mode!r}")
+        if self.index_mode not in INDEX_MODES:
+            errors.append(f"retrieval.index_mode must be one of {', '.join(INDEX_MODES)}; got {self.index_mode!r}")
         return errors
 
 

@@ -38,7 +38,8 @@ DOC_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512)  # padded lengths for one
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= n; beyond the largest, the next multiple of the largest."""
+    """The padded length of an inference batch: the smallest bucket >= n; beyond the largest, the next multiple of the
+    largest (any text can be encoded; training refuses instead: :func:`t1_jax.data.batch_spec.training_length`)."""
     for b in buckets:
         if n <= b:
             return int(b)
@@ -55,7 +56,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, bucketing: bool = Tr
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "normalize", "mesh"))
 def _embed_batch(graphdef, params, ids_bt, valid_bt, *, normalize: bool, mesh: Optional[Mesh]):
-    from t1_jax.stages.contrastive import embed_last
+    from t1_jax.model.embedding import embed_last
 
     with use_mesh(mesh):
         return embed_last(nnx.merge(graphdef, params), ids_bt, valid_bt, normalize)[0]
@@ -125,7 +126,7 @@ class Encoder:
         """
         from t1_jax import inference_defaults
         from t1_jax.model.params_io import load_model
-        from t1_jax.stages.build import model_dir
+        from t1_jax.model.params_io import model_dir
 
         model_path = model_dir(directory)
         source = config_source  # where the decoding settings come from, for the log line
@@ -140,7 +141,7 @@ class Encoder:
         formatter = T1Formatter(load_tokenizer(tok_path, text_cfg.emb_token), text_cfg)
         # Inference updates nothing: parameters are held in the compute dtype (a trained model's float32 masters are
         # cast on restore), unless cfg_overrides says otherwise.
-        from t1_jax.model.params_io import load_config as load_model_config
+        from t1_jax.model.params_io import load_model_config
 
         overrides = dict(cfg_overrides or {})
         overrides.setdefault("param_dtype", overrides.get("compute_dtype", load_model_config(model_path).compute_dtype))

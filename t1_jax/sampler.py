@@ -23,7 +23,7 @@ log-probability under the untruncated ``softmax(logits / temperature)``, which i
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import flax
 import jax
@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 from t1_jax.config import ConfigError, SamplingConfig
 from t1_jax.mesh import active_mesh, constrain, use_mesh
 from t1_jax.model.cache import init_cache
+from t1_jax.model.embedding import l2_normalize, positions_from_valid
 from t1_jax.model.precision import target_platform
 from t1_jax.model.qwen3 import split_layers
 
@@ -51,9 +52,21 @@ class Rollout:
     stopped_eos_b: jax.Array  # bool [B]: an end-of-sequence token came first; <embtoken> was appended after it
 
 
-def positions_from_valid(valid_bt: jax.Array) -> jax.Array:
-    """RoPE positions 0, 1, ... over the real tokens of left- or right-padded rows (padding: a clipped neighbour)."""
-    return jnp.maximum(jnp.cumsum(valid_bt.astype(jnp.int32), axis=-1) - 1, 0)
+@flax.struct.dataclass
+class DecodeState:
+    """The decoding loop's carry (a typed struct, as tunix's and gemma's samplers keep theirs)."""
+
+    i: jax.Array  # int32 []: this step's slot in tokens_bt
+    cache: Any  # KVCache (stacked or per layer), donated and updated in place
+    logits_bv: jax.Array  # float32 [B, V]: the logits step i chooses from
+    tokens_bt: jax.Array  # int32 [B, N + 1]: Rollout.tokens_bt so far
+    logp_bt: jax.Array  # float32 [B, N + 1]: Rollout.logprobs_bt so far
+    lengths_b: jax.Array  # int32 [B]: tokens generated so far, <embtoken> included
+    done_b: jax.Array  # bool [B]: <embtoken> fed
+    after_eos_b: jax.Array  # bool [B]: the previous step fed an end-of-sequence token (force <embtoken> now)
+    forced_b: jax.Array  # bool [B]: Rollout.forced_b
+    eos_b: jax.Array  # bool [B]: Rollout.stopped_eos_b
+    emb_bd: jax.Array  # float32 [B, D]: hidden state at <embtoken> (zeros until fed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -156,49 +169,47 @@ def _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, budget_b, 
         width = n_new + 1
         forced_temp = settings.temperature if settings.temperature > 0 else 1.0
         bt = ("batch", "length")
-        carry = dict(
-            i=jnp.zeros((), jnp.int32), cache=cache, logits=logits_bv,
-            tokens=constrain(jnp.full((b, width), PAD_ID, jnp.int32), bt),
-            logp=constrain(jnp.zeros((b, width), jnp.float32), bt),
-            lengths=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool), after_eos=jnp.zeros((b,), bool),
-            forced=jnp.zeros((b,), bool), eos=jnp.zeros((b,), bool),
-            emb=constrain(jnp.zeros((b, model.cfg.hidden_size), jnp.float32), ("batch", "embed")))
+        carry = DecodeState(
+            i=jnp.zeros((), jnp.int32), cache=cache, logits_bv=logits_bv,
+            tokens_bt=constrain(jnp.full((b, width), PAD_ID, jnp.int32), bt),
+            logp_bt=constrain(jnp.zeros((b, width), jnp.float32), bt),
+            lengths_b=jnp.zeros((b,), jnp.int32), done_b=jnp.zeros((b,), bool), after_eos_b=jnp.zeros((b,), bool),
+            forced_b=jnp.zeros((b,), bool), eos_b=jnp.zeros((b,), bool),
+            emb_bd=constrain(jnp.zeros((b, model.cfg.hidden_size), jnp.float32), ("batch", "embed")))
 
-        def cond(c):
-            return (c["i"] < width) & ~jnp.all(c["done"])
+        def cond(c: DecodeState):
+            return (c.i < width) & ~jnp.all(c.done_b)
 
-        def body(c):
-            i, logits = c["i"], c["logits"]
+        def body(c: DecodeState) -> DecodeState:
+            i, logits = c.i, c.logits_bv
             sampled_b, sampled_logp_b = choose_tokens(logits, jax.random.fold_in(rng, i), settings)
             at_budget = i == budget_b
-            force_b = c["after_eos"] | at_budget
+            force_b = c.after_eos_b | at_budget
             forced_logp_b = jax.nn.log_softmax(logits.astype(jnp.float32) / forced_temp, axis=-1)
             forced_logp_b = jax.lax.dynamic_index_in_dim(forced_logp_b, emb_id, axis=1, keepdims=False)
-            active_b = ~c["done"]
+            active_b = ~c.done_b
             token_b = jnp.where(active_b, jnp.where(force_b, emb_id, sampled_b), PAD_ID)
             logp_b = jnp.where(active_b, jnp.where(force_b, forced_logp_b, sampled_logp_b), 0.0)
             is_emb_b = active_b & (token_b == emb_id)
             is_eos_b = active_b & ~force_b & jnp.any(token_b[:, None] == eos_v[None, :], axis=-1)
             # Feed this step's token (finished rows feed padding marked invalid, which no later token attends to).
-            hidden_b1d, cache = model(token_b[:, None], (prompt_len_b + i)[:, None], active_b[:, None], c["cache"],
+            hidden_b1d, cache = model(token_b[:, None], (prompt_len_b + i)[:, None], active_b[:, None], c.cache,
                                       layers=layers)
             h_bd = hidden_b1d[:, 0]
-            return dict(
-                i=i + 1, cache=cache, logits=constrain(model.logits(h_bd), ("batch", "vocab")),
-                tokens=c["tokens"].at[:, i].set(token_b), logp=c["logp"].at[:, i].set(logp_b),
-                lengths=c["lengths"] + active_b.astype(jnp.int32), done=c["done"] | is_emb_b, after_eos=is_eos_b,
-                forced=c["forced"] | (is_emb_b & at_budget & ~c["after_eos"]), eos=c["eos"] | is_eos_b,
-                emb=jnp.where(is_emb_b[:, None], h_bd.astype(jnp.float32), c["emb"]))
+            return DecodeState(
+                i=i + 1, cache=cache, logits_bv=constrain(model.logits(h_bd), ("batch", "vocab")),
+                tokens_bt=c.tokens_bt.at[:, i].set(token_b), logp_bt=c.logp_bt.at[:, i].set(logp_b),
+                lengths_b=c.lengths_b + active_b.astype(jnp.int32), done_b=c.done_b | is_emb_b,
+                after_eos_b=is_eos_b, forced_b=c.forced_b | (is_emb_b & at_budget & ~c.after_eos_b),
+                eos_b=c.eos_b | is_eos_b, emb_bd=jnp.where(is_emb_b[:, None], h_bd.astype(jnp.float32), c.emb_bd))
 
         out = jax.lax.while_loop(cond, body, carry)
-        emb_bd = out["emb"]
-        if normalize:
-            emb_bd = emb_bd / jnp.maximum(jnp.linalg.norm(emb_bd, axis=-1, keepdims=True), 1e-6)
-    rollout = Rollout(tokens_bt=out["tokens"], logprobs_bt=out["logp"], lengths_b=out["lengths"],
-                      embedding_bd=emb_bd, forced_b=out["forced"], stopped_eos_b=out["eos"])
+        emb_bd = l2_normalize(out.emb_bd) if normalize else out.emb_bd
+    rollout = Rollout(tokens_bt=out.tokens_bt, logprobs_bt=out.logp_bt, lengths_b=out.lengths_b,
+                      embedding_bd=emb_bd, forced_b=out.forced_b, stopped_eos_b=out.eos_b)
     # The final cache is returned (and dropped by the caller) so the donated input buffers alias an output: XLA then
     # writes every decode step into the caller's cache memory instead of a copy.
-    return rollout, out["cache"]
+    return rollout, out.cache
 
 
 def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingConfig, *, emb_token_id: int,

@@ -64,8 +64,8 @@ def load_teacher(checkpoint: str, mesh, tokenizer_path: Optional[str] = None, st
     """A plain Qwen3 (``t1 convert hf-to-t1`` folder or ``t1 train`` workdir) in its compute dtype, on ``mesh``."""
     from flax import nnx
 
-    from t1_jax.model.params_io import load_config, load_model
-    from t1_jax.stages.build import model_dir
+    from t1_jax.model.params_io import load_model, load_model_config
+    from t1_jax.model.params_io import model_dir
     from t1_jax.text import TOKENIZER_SUBDIR, read_tokenizer
 
     if not fs.exists(checkpoint):
@@ -77,7 +77,7 @@ def load_teacher(checkpoint: str, mesh, tokenizer_path: Optional[str] = None, st
         raise ValueError(f"{path} has no {TOKENIZER_SUBDIR}/ folder: pass --tokenizer DIR")
     tokenizer = read_tokenizer(tokenizer_path or own)
     stop, eos = stop_ids(tokenizer, stop_token)
-    compute = load_config(path).compute_dtype
+    compute = load_model_config(path).compute_dtype
     model = load_model(path, mesh=mesh, cfg_overrides={"param_dtype": compute})
     if stop >= model.cfg.vocab_size:
         raise ValueError(f"{stop_token} id {stop} is outside the teacher's {model.cfg.vocab_size}-row vocabulary")

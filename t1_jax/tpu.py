@@ -1,10 +1,10 @@
-"""TPU generations and topologies, ahead-of-time compile reports, and analytic FLOPs / roofline bounds.
+"""TPU generations and topologies, ahead-of-time compile reports, and roofline bounds.
 
 Nothing here needs a TPU. With ``libtpu`` installed (the ``tpu`` extra), :func:`abstract_mesh_devices` asks
 ``jax.experimental.topologies`` for compile-only devices of a real slice (``v5p-8`` = 4 chips laid out 2x2x1), so a
 jitted step can be lowered and compiled for that slice on a CPU host; :func:`compile_report` then reads XLA's
 per-device memory analysis and compares it with the chip's HBM. XLA's ``cost_analysis()`` counts a scanned layer body
-once, so step FLOPs come from the analytic :func:`decoder_flops` (checked against ``cost_analysis`` on an unscanned
+once, so step FLOPs come from the analytic :func:`t1_jax.model.counts.decoder_flops` (checked against ``cost_analysis`` on an unscanned
 model in ``tests/test_tpu_compile.py``) and the step-time lower bound from :func:`roofline_seconds`.
 
 Chip figures are Google's published per-chip numbers (see docs/tpu.md for the sources). Accelerator-type names count
@@ -18,6 +18,8 @@ import math
 import re
 import time
 from typing import Any, Optional, Sequence
+
+from t1_jax.model.counts import FlopCount
 
 GiB = 1024 ** 3
 
@@ -325,66 +327,8 @@ def compile_report(jitted_fn, abstract_args: Sequence[Any], abstract_kwargs: Opt
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Analytic FLOPs and roofline
+# Roofline
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class FlopCount:
-    """FLOPs of one step, summed over all devices, split by where they come from."""
-
-    layers: float  # q/k/v/o projections and the gated MLP (the 6·params·tokens part when training)
-    attention: float  # scores (QK^T) and the weighted sum (AV)
-    lm_head: float  # logits at the positions that need them
-    recompute: float  # rematerialised forward work in the backward pass
-
-    @property
-    def total(self) -> float:
-        return self.layers + self.attention + self.lm_head + self.recompute
-
-
-def layer_params(model_cfg) -> int:
-    """Matmul parameters of one decoder layer: q, k, v, o projections and gate/up/down (norms excluded)."""
-    d, h = model_cfg.hidden_size, model_cfg.head_dim
-    n, k, f = model_cfg.num_heads, model_cfg.num_kv_heads, model_cfg.intermediate_size
-    return d * h * (2 * n + 2 * k) + 3 * d * f
-
-
-def decoder_flops(model_cfg, tokens: int, seq_len: int, training: bool = True, remat: Optional[str] = None,
-                  lm_head_tokens: int = 0, causal_skip: bool = False, attention_fraction: float = 1.0) -> FlopCount:
-    """FLOPs for ``tokens`` tokens in sequences of (padded) length ``seq_len`` through the decoder.
-
-    * layers: 2·P·tokens forward with P = num_layers · :func:`layer_params` (embedding lookups are free);
-    * attention: 4·L·n·h·seq_len per token forward (QK^T and AV over the whole padded length, which is what a dense
-      masked einsum computes; ``causal_skip=True`` halves it for kernels that skip the masked half;
-      ``attention_fraction`` scales it by the share of score tiles a blocked kernel computes, e.g. the splash
-      kernel's causal tiles: ``t1_jax.model.splash.computed_fraction``);
-    * lm_head: 2·d·v per position whose logits are computed (``lm_head_tokens``; stage 1 needs none);
-    * training: backward = 2 × forward for each of the above (so layers give the familiar 6·P·tokens);
-    * remat (default ``model_cfg.remat``): ``full`` recomputes each layer's forward in the backward pass except the
-      output and down projections, whose results the backward never reads (JAX drops them); ``dots`` (save
-      non-batched dots, i.e. the projections) recomputes only the batched attention dots; ``none`` nothing. XLA may
-      prune a little more of a ``full`` recompute, so for ``full`` this is an upper bound (within ~3% in the test).
-    """
-    if tokens < 0 or seq_len <= 0 or lm_head_tokens < 0:
-        raise ValueError(f"decoder_flops: need tokens >= 0, seq_len > 0, lm_head_tokens >= 0; got {tokens}, "
-                         f"{seq_len}, {lm_head_tokens}")
-    remat = model_cfg.remat if remat is None else remat
-    if remat not in ("none", "full", "dots"):
-        raise ValueError(f"decoder_flops: remat must be none, full or dots; got {remat!r}")
-    num_layers = model_cfg.num_layers
-    layers_fwd = 2.0 * num_layers * layer_params(model_cfg) * tokens
-    attention_fwd = 4.0 * num_layers * model_cfg.num_heads * model_cfg.head_dim * seq_len * tokens
-    if causal_skip:
-        attention_fwd /= 2
-    attention_fwd *= attention_fraction
-    lm_head_fwd = 2.0 * model_cfg.hidden_size * model_cfg.vocab_size * lm_head_tokens
-    if not training:
-        return FlopCount(layers_fwd, attention_fwd, lm_head_fwd, 0.0)
-    d, f = model_cfg.hidden_size, model_cfg.intermediate_size
-    unread_fwd = 2.0 * num_layers * (model_cfg.num_heads * model_cfg.head_dim * d + f * d) * tokens  # o and down
-    recompute = {"none": 0.0, "full": layers_fwd - unread_fwd + attention_fwd, "dots": attention_fwd}[remat]
-    return FlopCount(3 * layers_fwd, 3 * attention_fwd, 3 * lm_head_fwd, recompute)
 
 
 def roofline_seconds(flops: float, chips: int, peak: float) -> float:

@@ -154,6 +154,12 @@ def init_state_fn(stage: TrainStage, tx: optax.GradientTransformation) -> Callab
     return init
 
 
+def stage_optimizer(cfg: config_lib.ExperimentConfig, stage: TrainStage):
+    """(tx, schedule) for ``stage``: the schedule spans every optimizer update of the run (``trainer.num_steps`` x
+    ``stage.updates_per_step``). Built once per run, by the trainer and, the same way, by ``t1 compile-check``."""
+    return make_optimizer(cfg.optimizer, cfg.trainer.num_steps * stage.updates_per_step)
+
+
 def jit_train_step(stage: TrainStage, grad_accum_steps: int, tx: optax.GradientTransformation, schedule,
                    state_shardings: Any) -> Callable:
     """The jitted step the trainer runs: (state, global batch, frozen) -> (state, metrics), state donated and kept on
@@ -185,7 +191,6 @@ class Trainer:
         self.cfg = cfg
         self.workdir = fs.absolute(workdir)  # orbax wants absolute paths; gs:// stays as it is
         self.mesh = mesh
-        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
         self._stop_signal: Optional[int] = None
         self.preempted_at: Optional[int] = None  # the step saved because of a stop signal
         self._batch_axes: Optional[dict] = None
@@ -212,8 +217,7 @@ class Trainer:
     def fit(self, stage: TrainStage) -> TrainState:
         tcfg = self.cfg.trainer
         self._batch_axes = stage.batch_logical_axes
-        if stage.updates_per_step != 1:
-            self.tx, self.schedule = make_optimizer(self.cfg.optimizer, tcfg.num_steps * stage.updates_per_step)
+        self.tx, self.schedule = stage_optimizer(self.cfg, stage)
 
         with mesh_lib.use_mesh(self.mesh):
             init = jax.jit(init_state_fn(stage, self.tx))

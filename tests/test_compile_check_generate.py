@@ -9,7 +9,7 @@ import pytest
 from t1_jax import compile_generate, config as config_lib, layouts, tpu
 from t1_jax.cli import main
 from t1_jax.model.presets import PRESETS, from_hf_config
-from t1_jax.model.qwen3 import param_count
+from t1_jax.model.counts import param_count
 
 needs_libtpu = pytest.mark.skipif(not tpu.libtpu_available(),
                                   reason="libtpu is not installed (pip install -e '.[tpu]'); TPU compiles need it")

@@ -12,7 +12,9 @@ from t1_jax import losses
 from t1_jax import mesh as mesh_lib
 from t1_jax.logprobs import chunked_token_ce
 from t1_jax.stages.build import resolve_model_config
-from t1_jax.stages.contrastive import embed_last, make_loss_fn, model_functions
+from t1_jax.model.embedding import embed_last
+from t1_jax.model.functions import model_functions
+from t1_jax.stages.contrastive import make_loss_fn
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import pytest
 
 from t1_jax import config as cfg_lib
 from t1_jax.data.examples import doc_key, load_beir_examples, load_examples, load_jsonl_examples
-from t1_jax.data.pipeline import bucket_length, contrastive_batches
+from t1_jax.data.batch_spec import training_length
+from t1_jax.data.pipeline import contrastive_batches
 from t1_jax.data.readers import DataError
 
 
@@ -136,10 +137,10 @@ def test_iterator_state_resumes_same_batches(tmp_path, formatter):
 
 
 def test_bucket_lengths():
-    assert bucket_length(10, (32, 64)) == 32 and bucket_length(33, (32, 64)) == 64
-    assert bucket_length(65, ()) == 128
+    assert training_length(10, (32, 64)) == 32 and training_length(33, (32, 64)) == 64
+    assert training_length(65, ()) == 128
     with pytest.raises(ValueError, match="exceeds the largest length bucket 64"):
-        bucket_length(65, (32, 64))
+        training_length(65, (32, 64))
 
 
 def _budget_rows():

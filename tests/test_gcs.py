@@ -153,7 +153,7 @@ def test_convert_from_and_to_gcs_carries_the_tokenizer(gcs, tmp_path):
     from tests.model_helpers import save_random_hf
     from t1_jax.cli import main
     from t1_jax.config import ExperimentConfig, TrainerConfig
-    from t1_jax.model.params_io import load_config
+    from t1_jax.model.params_io import load_model_config
     from t1_jax.quickstart.tokenizer import train_tokenizer
     from t1_jax.stages.build import resolve_tokenizer
 
@@ -162,6 +162,6 @@ def test_convert_from_and_to_gcs_carries_the_tokenizer(gcs, tmp_path):
     fs.upload_dir(str(tmp_path / "hf"), f"{ROOT}/hf")
     assert main(["convert", "hf-to-t1", f"{ROOT}/hf", f"{ROOT}/models/tiny"]) == 0
     assert fs.isfile(f"{ROOT}/models/tiny/tokenizer/tokenizer.json")
-    assert load_config(f"{ROOT}/models/tiny").emb_token_id == 3
+    assert load_model_config(f"{ROOT}/models/tiny").emb_token_id == 3
     cfg = resolve_tokenizer(ExperimentConfig(trainer=TrainerConfig(init_from=f"{ROOT}/models/tiny")))
     assert cfg.text.tokenizer == f"{ROOT}/models/tiny/tokenizer"

@@ -122,8 +122,8 @@ def test_layout_masks_forced_embtoken_and_handles_either_padding_side():
     valid_right, valid_left = (right > 0).astype(np.int32), (left > 0).astype(np.int32)
     seqs_r = layout(jnp.asarray(right), jnp.asarray(valid_right), tokens, lengths, forced)
     seqs_l = layout(jnp.asarray(left), jnp.asarray(valid_left), tokens, lengths, forced)
-    np.testing.assert_array_equal(seqs_r.gen_mask_bg, [[1, 1, 1, 0], [1, 1, 0, 0]])
-    np.testing.assert_array_equal(seqs_r.sampled_mask_bg, [[1, 1, 1, 0], [1, 0, 0, 0]])  # forced <embtoken> left out
+    np.testing.assert_array_equal(seqs_r.gen_mask_bt, [[1, 1, 1, 0], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(seqs_r.sampled_mask_bt, [[1, 1, 1, 0], [1, 0, 0, 0]])  # forced <embtoken> left out
     logp_r, _, emb_r = teacher_forced(model, seqs_r, tokens, 1.0, 4, True)
     logp_l, _, emb_l = teacher_forced(model, seqs_l, tokens, 1.0, 4, True)
     # Reference: the unpadded sequence prompt + generation, log-softmax at each position.

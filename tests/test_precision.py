@@ -174,8 +174,10 @@ def train_steps(cfg, formatter, examples):
     parameters (numpy float64) and each step's metrics."""
     from t1_jax.data.pipeline import contrastive_batches
     from t1_jax.optimizer import make_optimizer
-    from t1_jax.stages.build import grpo_step_fn
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, make_loss_fn, model_functions
+    from t1_jax.model.functions import model_functions
+    from t1_jax.stages.contrastive import make_loss_fn
+    from t1_jax.stages.grpo import grpo_step_fn
+    from t1_jax.stages.registry import stage_spec
     from t1_jax.trainer import TrainStage, batch_shardings, init_state_fn, jit_train_step
 
     mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -189,7 +191,7 @@ def train_steps(cfg, formatter, examples):
         stage = TrainStage(cfg.trainer.stage, init_params, None, loss_fn=make_loss_fn(cfg, graphdef, mesh),
                            param_shardings=shardings)
         batches = contrastive_batches(examples, formatter, cfg.data, cfg.data.global_batch_size,
-                                      STAGES_WITH_REASONING[cfg.trainer.stage])
+                                      stage_spec(cfg.trainer.stage).with_reasoning)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.trainer.num_steps)
 
     def place(local):  # host batch -> global arrays over the batch axes, as the trainer places them
@@ -308,12 +310,12 @@ def test_bfloat16_import_becomes_float32_masters_and_exports_as_bfloat16(tmp_pat
     from tests.model_helpers import save_random_hf
     from t1_jax.cli import main
     from t1_jax.model import safetensors_io as st
-    from t1_jax.model.params_io import load_config, save_model
+    from t1_jax.model.params_io import load_model_config, save_model
     from t1_jax.stages.build import pretrained_loader
 
     save_random_hf(tmp_path / "f32").to(torch.bfloat16).save_pretrained(tmp_path / "hf")
     assert main(["convert", "hf-to-t1", str(tmp_path / "hf"), str(tmp_path / "t1"), "--emb-token-id", "600"]) == 0
-    stored = load_config(str(tmp_path / "t1"))
+    stored = load_model_config(str(tmp_path / "t1"))
     assert (stored.param_dtype, stored.compute_dtype) == ("bfloat16", "bfloat16")  # the import keeps the file's dtype
 
     model_cfg = dataclasses.replace(stored, param_dtype="float32", compute_dtype="bfloat16")

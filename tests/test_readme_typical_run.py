@@ -13,7 +13,7 @@ import pytest
 from tests.model_helpers import save_random_hf
 from t1_jax import cli
 from t1_jax.model import safetensors_io as st
-from t1_jax.model.params_io import load_config, load_model
+from t1_jax.model.params_io import load_model, load_model_config
 from t1_jax.text import load_tokenizer
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -98,7 +98,7 @@ def test_readme_typical_run_end_to_end(tmp_path, capsys):
     # t1 convert hf-to-t1: parameters, model_config.json and the tokenizer with <embtoken>, its row = mean of the rows
     convert = _localised(commands[0], places, tmp_path)
     assert cli.main(convert[1:]) == 0
-    cfg = load_config(str(converted))
+    cfg = load_model_config(str(converted))
     assert (cfg.emb_token_id, cfg.vocab_size) == (EMB_ID, GROWN_VOCAB)
     tok = load_tokenizer(str(converted / "tokenizer"))
     assert (tok.convert_tokens_to_ids("<embtoken>"), len(tok)) == (EMB_ID, QWEN3_TOKENS + 1)

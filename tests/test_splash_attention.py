@@ -112,7 +112,8 @@ def test_model_prefill_and_decode_equal_on_the_mesh(tiny):
 
 
 def test_stage1_loss_and_gradients_equal_on_the_mesh(tiny):
-    from t1_jax.stages.contrastive import make_loss_fn, model_functions
+    from t1_jax.model.functions import model_functions
+    from t1_jax.stages.contrastive import make_loss_fn
 
     cfg, mesh = tiny
     rng = np.random.default_rng(1)

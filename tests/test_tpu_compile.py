@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import NamedSharding
 
 from t1_jax import tpu
+from t1_jax.model import counts
 from t1_jax.config import MeshConfig, ModelConfig
 from t1_jax.mesh import logical_sharding, logical_to_spec
 
@@ -147,9 +148,18 @@ def _abstract(mesh=None):
 def test_layer_params_counts_every_projection():
     params = _init(jax.random.key(0))
     counted = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params["layers"][0]))
-    assert tpu.layer_params(CFG) == counted
-    flops = tpu.decoder_flops(CFG, tokens=B * T, seq_len=T, training=True, remat="none")
+    assert counts.layer_params(CFG) == counted
+    flops = counts.decoder_flops(CFG, tokens=B * T, seq_len=T, training=True, remat="none")
     assert flops.layers == 6 * CFG.num_layers * counted * B * T  # the 6·params·tokens rule
+
+
+def test_flops_per_token_on_the_model_config():
+    """``ModelConfig.flops_per_token`` (benchmarks/bench_forward.py) is decoder_flops of one token: projections, MLP
+    and full attention, 2 FLOPs per multiply-add (the benchmark's former closed form)."""
+    d, f, n, k, h = CFG.hidden_size, CFG.intermediate_size, CFG.num_heads, CFG.num_kv_heads, CFG.head_dim
+    closed_form = CFG.num_layers * (2 * d * (2 * n * h + 2 * k * h) + 2 * 3 * d * f + 2 * 2 * n * T * h)
+    assert CFG.flops_per_token(T, training=False) == closed_form
+    assert CFG.flops_per_token(T) == counts.decoder_flops(CFG, 1, T).total
 
 
 @pytest.mark.parametrize("training, remat, tolerance", [
@@ -164,7 +174,7 @@ def test_decoder_flops_matches_xla_cost_analysis(training, remat, tolerance):
     fn = jax.value_and_grad(_loss) if training else _loss
     compiled = jax.jit(fn, static_argnums=2).lower(params, tokens, remat).compile()
     xla = tpu._flops_from_cost(compiled.cost_analysis())
-    analytic = tpu.decoder_flops(CFG, tokens=B * T, seq_len=T, training=training, remat=remat,
+    analytic = counts.decoder_flops(CFG, tokens=B * T, seq_len=T, training=training, remat=remat,
                                  lm_head_tokens=B * T).total
     assert xla == pytest.approx(analytic, rel=tolerance)
     if remat == "full":
@@ -173,9 +183,9 @@ def test_decoder_flops_matches_xla_cost_analysis(training, remat, tolerance):
 
 def test_decoder_flops_rejects_bad_values():
     with pytest.raises(ValueError, match="remat"):
-        tpu.decoder_flops(CFG, 8, 8, remat="some")
+        counts.decoder_flops(CFG, 8, 8, remat="some")
     with pytest.raises(ValueError, match="seq_len"):
-        tpu.decoder_flops(CFG, 8, 0)
+        counts.decoder_flops(CFG, 8, 0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -226,7 +236,7 @@ def test_compile_report_for_sharded_train_step(topology):
         assert sharding.spec == leaf.sharding.spec
 
     # With FSDP the partitioner may duplicate some work on these toy shapes, so XLA's count can only be larger.
-    analytic = tpu.decoder_flops(CFG, tokens=B * T, seq_len=T, training=True, remat="none", lm_head_tokens=B * T)
+    analytic = counts.decoder_flops(CFG, tokens=B * T, seq_len=T, training=True, remat="none", lm_head_tokens=B * T)
     assert report.xla_flops_per_device * report.num_devices >= 0.99 * analytic.total
 
 
@@ -236,7 +246,7 @@ def test_tpu_compiled_flops_match_analytic_under_data_parallelism():
     # (+ the SGD update and the loss reduction, well under 1%).
     mesh = tpu.topology_mesh("v5p-8", MeshConfig(data=4, fsdp=1, tensor=1))
     report, _ = tpu.compile_report(jax.jit(_train_step), _abstract(mesh))
-    analytic = tpu.decoder_flops(CFG, tokens=B * T, seq_len=T, training=True, remat="none", lm_head_tokens=B * T)
+    analytic = counts.decoder_flops(CFG, tokens=B * T, seq_len=T, training=True, remat="none", lm_head_tokens=B * T)
     assert report.xla_flops_per_device * report.num_devices == pytest.approx(analytic.total, rel=0.02)
 
 
@@ -296,7 +306,7 @@ def test_compile_for_a_multi_host_slice():
 
 def test_format_step_estimate():
     spec = tpu.parse_topology("v5p-8")
-    flops = tpu.FlopCount(layers=4 * 459e12 * 0.75, attention=4 * 459e12 * 0.25, lm_head=0.0, recompute=0.0)
+    flops = counts.FlopCount(layers=4 * 459e12 * 0.75, attention=4 * 459e12 * 0.25, lm_head=0.0, recompute=0.0)
     text = tpu.format_step_estimate(flops, spec, tokens=8192)
     assert "FLOPs per step: 1.836e+15" in text
     assert "459 TFLOP/s x 4 chips: 1000.00 ms -> at most 8,192 tokens/s" in text

@@ -33,7 +33,7 @@ def load_encoder(args: argparse.Namespace, checkpoint: str):
     from t1_jax.config import MeshConfig
     from t1_jax.encoder import Encoder
     from t1_jax.mesh import make_mesh
-    from t1_jax.stages.build import model_dir
+    from t1_jax.model.params_io import model_dir
 
     if not fs.exists(checkpoint):  # before anything else: "no tokenizer given" used to be the first complaint
         raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a `t1 train` workdir or a model folder)")

@@ -1,9 +1,10 @@
 """``t1 search``: queries -> (reasoning +) embeddings -> top-k -> TREC run file + reasoning jsonl.
 
-Where query embeddings come from is a registry, ``QUERY_SOURCES`` (name -> ``(args) -> QueryBatch``). Today it holds
-``embeddings`` (precomputed ``.npy`` + ids, or jsonl of ``{id, embedding[, reasoning]}``); a model-based source that
-samples reasoning and embeds at ``<embtoken>`` registers itself here, adds its flags in ``add_arguments`` and
-everything after it (search, run file, reasoning file) is shared.
+Where query embeddings come from is a registry, ``QUERY_SOURCES`` (name -> ``(args) -> QueryBatch``): ``model``
+(``--checkpoint``: a T1 model writes each query's reasoning and embeds at ``<embtoken>``; the default with a
+checkpoint) and ``embeddings`` (precomputed ``.npy`` + ids, or jsonl of ``{id, embedding[, reasoning]}``). Everything
+after the source (search, run file, reasoning file) is shared; another source registers itself here with its flags in
+``add_arguments``.
 """
 from __future__ import annotations
 

@@ -8,20 +8,7 @@ the trainer turns the host-local numpy batches into global arrays with ``jax.mak
 The returned iterator is a grain ``DatasetIterator``, so its position is saved in every checkpoint and a resumed run
 sees the same batches.
 
-Batch layout (``b`` = per-host batch, ``H`` = ``data.num_hard_negatives``, ``n = b * (1 + H)`` documents):
-
-=================  ===========  ==================================================================================
-key                shape        meaning
-=================  ===========  ==================================================================================
-``q_ids``          [b, Tq]      query tokens (stage 1: direct query; stage 2: prompt + teacher reasoning), right-padded
-``q_valid``        [b, Tq]      1 = real token
-``q_loss``         [b, Tq]      1 = reasoning target token (stage 2 cross-entropy; zeros in stage 1)
-``d_ids``          [n, Td]      documents, per query ``[positive, negative_1 .. negative_H]``
-``d_valid``        [n, Td]
-``doc_keys``       [n]          31-bit text hash per document (-1 = padding slot when a query has < H negatives)
-``pos_col``        [b]          column of each query's positive among this host's n documents (= i * (1 + H))
-``pos_keys``       [b, P]       keys of all of the query's positives (-1 padded), for duplicate masking
-=================  ===========  ==================================================================================
+Batch layout: :mod:`t1_jax.data.batch_spec` (``contrastive_spec``); every collated batch is checked against it.
 """
 from __future__ import annotations
 
@@ -32,13 +19,9 @@ import grain
 import jax
 import numpy as np
 
+from t1_jax.data.batch_spec import QUERY_KINDS, check_batch, contrastive_spec, training_length
 from t1_jax.data.examples import TrainExample, doc_key
 from t1_jax.text import T1Formatter
-
-ROUND_TO = 64  # without explicit buckets, lengths are padded up to a multiple of this (bounded recompiles)
-# stage 1: instruction + query + <embtoken>; stage 2: + teacher reasoning; stage 3 (GRPO): the prompt the policy
-# continues with its own reasoning.
-QUERY_KINDS = ("query_direct", "query_with_reasoning", "query_prompt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,24 +43,13 @@ def _select(num_negatives: int):
     return select
 
 
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
-    """The padded length for a batch whose longest sequence has ``length`` tokens."""
-    for b in buckets:
-        if length <= b:
-            return b
-    if buckets:
-        raise ValueError(f"a sequence of {length} tokens exceeds the largest length bucket {buckets[-1]}; add a larger "
-                         f"bucket to data.length_buckets")
-    return -(-length // ROUND_TO) * ROUND_TO
-
-
 class Collate:
     """Tokenise a list of selected examples with the T1 formats and pad to the bucket lengths."""
 
     def __init__(self, formatter: T1Formatter, query_kind: str, num_negatives: int, max_positives: int,
                  buckets: Sequence[int] = (), fixed_lengths: Optional[tuple[int, int]] = None):
         if query_kind not in QUERY_KINDS:
-            raise ValueError(f"query kind {query_kind!r}; one of {QUERY_KINDS}")
+            raise ValueError(f"query kind {query_kind!r}; one of {tuple(QUERY_KINDS)}")
         self.formatter = formatter
         self.query_kind = query_kind
         self.num_negatives = num_negatives
@@ -121,8 +93,8 @@ class Collate:
         if self.fixed_lengths:
             tq, td = self.fixed_lengths
         else:
-            tq = bucket_length(max(len(q) for q in queries), self.buckets)
-            td = bucket_length(max(len(d) for d in encoded_real), self.buckets)
+            tq = training_length(max(len(q) for q in queries), self.buckets)
+            td = training_length(max(len(d) for d in encoded_real), self.buckets)
         q_ids, q_valid, q_loss = self._pad(queries, tq)
         d_ids, d_valid, _ = self._pad(docs, td)
         per = 1 + self.num_negatives
@@ -133,9 +105,11 @@ class Collate:
             pos_keys[i, :len(keys)] = keys
             if doc_keys[i * per] not in keys:  # the sampled positive is always among the remembered ones
                 pos_keys[i, -1] = doc_keys[i * per]
-        return {"q_ids": q_ids, "q_valid": q_valid, "q_loss": q_loss, "d_ids": d_ids, "d_valid": d_valid,
-                "doc_keys": doc_keys, "pos_col": (np.arange(len(selected)) * per).astype(np.int32),
-                "pos_keys": pos_keys}
+        batch = {"q_ids": q_ids, "q_valid": q_valid, "q_loss": q_loss, "d_ids": d_ids, "d_valid": d_valid,
+                 "doc_keys": doc_keys, "pos_col": (np.arange(len(selected)) * per).astype(np.int32),
+                 "pos_keys": pos_keys}
+        check_batch(batch, contrastive_spec(len(selected), per, self.max_positives, tq, td))
+        return batch
 
 
 def max_lengths(formatter: T1Formatter, query_kind: str, domains: Sequence[Optional[str]]) -> tuple[int, int]:
@@ -145,7 +119,7 @@ def max_lengths(formatter: T1Formatter, query_kind: str, domains: Sequence[Optio
     row = (long, long) if query_kind == "query_with_reasoning" else long
     q = fmt_len(formatter, query_kind, [row] * len(domains), domains)
     d = fmt_len(formatter, "document", [long] * len(domains), domains)
-    return bucket_length(q, ()), bucket_length(d, ())
+    return training_length(q, ()), training_length(d, ())
 
 
 def fmt_len(formatter, kind, rows, domains) -> int:
@@ -193,7 +167,7 @@ def contrastive_batches(examples: Sequence[TrainExample], formatter: T1Formatter
     fixed = None
     if processes > 1:  # every host must build arrays of the same global shape: pad to the longest possible
         longest = max_lengths(formatter, query_kind, [e.domain for e in examples])
-        fixed = tuple(bucket_length(n, data_cfg.length_buckets) for n in longest)
+        fixed = tuple(training_length(n, data_cfg.length_buckets) for n in longest)
     collate = Collate(formatter, query_kind, data_cfg.num_hard_negatives, data_cfg.max_positives,
                       data_cfg.length_buckets, fixed)
     ds = ds.batch(global_batch, drop_remainder=True,

@@ -22,6 +22,13 @@ from t1_jax.model.sharding import param_shardings
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+MODEL_SUBDIR = "model"  # where a finished stage leaves its parameters (the next stage's trainer.init_from)
+
+
+def model_dir(path: str) -> str:
+    """``init_from`` may name a saved model folder or a previous stage's workdir (its ``model/``)."""
+    candidate = fs.join(path, MODEL_SUBDIR)
+    return candidate if fs.isdir(candidate) else path
 
 
 def save_model(directory: str, model: Qwen3, force: bool = True) -> None:
@@ -38,7 +45,8 @@ def save_model(directory: str, model: Qwen3, force: bool = True) -> None:
         fs.write_text(fs.join(directory, CONFIG_FILE), json.dumps(to_dict(model.cfg), indent=2, sort_keys=True))
 
 
-def load_config(directory: str) -> ModelConfig:
+def load_model_config(directory: str) -> ModelConfig:
+    """The ModelConfig of a saved model folder (its ``model_config.json``)."""
     path = fs.join(directory, CONFIG_FILE)
     if not fs.isfile(path):
         raise FileNotFoundError(f"{directory} is not a saved model: {CONFIG_FILE} is missing")
@@ -58,7 +66,7 @@ def load_model(directory: str, mesh: Optional[Mesh] = None, rules: Rules = LOGIC
 
     import orbax.checkpoint as ocp
 
-    cfg = load_config(directory)
+    cfg = load_model_config(directory)
     if cfg_overrides:
         cfg = dataclasses.replace(cfg, **cfg_overrides)
     graphdef, state = nnx.split(abstract_model(cfg))

@@ -23,6 +23,7 @@ from flax import nnx
 from t1_jax.config import ConfigError, ModelConfig, dtype as to_dtype
 from t1_jax.mesh import constrain
 from t1_jax.model.cache import KVCache, constrain_cache, write_slots
+from t1_jax.model.counts import layer_shapes
 from t1_jax.model.precision import weight_einsum
 from t1_jax.model.splash import splash_attention
 
@@ -55,16 +56,6 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 _MASKED = float(np.finfo(np.float32).min)
-
-
-def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Per-layer parameter shapes (without the leading layer axis)."""
-    d, f, n, k, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    return {
-        "attn_norm": (d,), "q_proj": (n, h, d), "k_proj": (k, h, d), "v_proj": (k, h, d), "q_norm": (h,),
-        "k_norm": (h,), "o_proj": (d, n, h), "mlp_norm": (d,), "gate_proj": (f, d), "up_proj": (f, d),
-        "down_proj": (d, f),
-    }
 
 
 def _init(key, shape, param_dtype, is_norm: bool, std: float = 0.02):
@@ -330,11 +321,3 @@ def split_layers(graphdef, params) -> tuple[dict, ...]:
 def abstract_model(cfg: ModelConfig) -> Qwen3:
     """A Qwen3 whose parameters are ``jax.ShapeDtypeStruct`` s (no memory, no random init)."""
     return nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
-
-
-@functools.lru_cache(maxsize=None)
-def param_count(cfg: ModelConfig) -> int:
-    shapes = layer_shapes(cfg)
-    per_layer = sum(int(np.prod(s)) for s in shapes.values())
-    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size
-    return cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size + cfg.hidden_size + head

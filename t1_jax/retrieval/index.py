@@ -30,37 +30,40 @@ from typing import Optional, Sequence
 import numpy as np
 
 from t1_jax import fs
+from t1_jax.config_sections import INDEX_MODES, RetrievalConfig
 
 log = logging.getLogger(__name__)
 
 FORMAT = "t1-scann-index/1"
-MODES = ("auto", "brute_force", "tree_ah")
+_RETRIEVAL = RetrievalConfig()  # the knobs an experiment sets (retrieval.*) take their defaults from there
 _PARALLEL_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class IndexSettings:
-    """Zero means "choose from the corpus size" (see :meth:`resolve`)."""
+    """Zero means "choose from the corpus size" (see :meth:`resolve`). The fields an experiment can set
+    (``retrieval.*``, :func:`settings_from_config`) are declared once, in ``RetrievalConfig``; the rest are the
+    index builder's own."""
 
-    mode: str = "auto"
-    brute_force_below: int = 20_000
-    num_leaves: int = 0
-    num_leaves_to_search: int = 0
-    leaves_fraction: float = 0.05
+    mode: str = _RETRIEVAL.index_mode
+    brute_force_below: int = _RETRIEVAL.brute_force_below
+    num_leaves: int = _RETRIEVAL.num_leaves
+    num_leaves_to_search: int = _RETRIEVAL.num_leaves_to_search
+    leaves_fraction: float = _RETRIEVAL.leaves_fraction
     training_sample_size: int = 0
     spherical: bool = True  # spherical k-means for the tree (unit-norm embeddings, inner product)
     dimensions_per_block: int = 2
     anisotropic_threshold: float = 0.2
-    reorder_k: int = 0
-    num_neighbors: int = 100  # default k baked into the searcher (search() may ask for any k)
+    reorder_k: int = _RETRIEVAL.reorder_k
+    num_neighbors: int = _RETRIEVAL.top_k  # default k baked into the searcher (search() may ask for any k)
     training_threads: int = 0  # 0 = all cores
-    target_recall: float = 0.95  # tree_ah: tune the search to this recall@10 at build time (0 = no tuning)
+    target_recall: float = _RETRIEVAL.target_recall  # tree_ah: tune the search to this recall@10 at build (0 = none)
     tune_queries: int = 500  # sampled documents used as tuning queries (when no query embeddings are given)
 
     def validate(self) -> list[str]:
         errors = []
-        if self.mode not in MODES:
-            errors.append(f"index mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in INDEX_MODES:
+            errors.append(f"index mode must be one of {INDEX_MODES}, got {self.mode!r}")
         for name in ("brute_force_below", "num_leaves", "num_leaves_to_search", "training_sample_size", "reorder_k",
                      "training_threads"):
             if getattr(self, name) < 0:

@@ -1,7 +1,9 @@
 """From a config to a running stage: mesh, tokenizer, model config, data, initial parameters, trainer.
 
 This is the one place that wires the library together for ``t1 train`` (and the quickstart, which calls it per
-stage). Stage builders are looked up in ``STAGE_BUILDERS`` by ``trainer.stage``.
+stage). Each stage's own builder (``build_stage`` in its module) is found through the stage registry
+(:mod:`t1_jax.stages.registry`) by ``trainer.stage``; the wiring every stage shares (tokenizer, pretrained
+parameters, training batches) lives here.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from t1_jax import distributed
 from t1_jax import fs
 from t1_jax import mesh as mesh_lib
 from t1_jax.config import ConfigError, ExperimentConfig
-from t1_jax.trainer import Trainer, TrainStage, TrainState
+from t1_jax.model.params_io import MODEL_SUBDIR, model_dir
+from t1_jax.stages.registry import stage_spec
+from t1_jax.trainer import Trainer, TrainState
 
 log = logging.getLogger(__name__)
 
-MODEL_SUBDIR = "model"  # where a finished stage leaves its parameters (the next stage's trainer.init_from)
 DATA_REPORT = "data_report.json"  # what the token budgets cut in the training data (t1_jax.data.budget)
 
 
@@ -35,12 +38,6 @@ def resolve_model_config(cfg: ExperimentConfig, formatter) -> ExperimentConfig:
         raise ConfigError(f"model.vocab_size {model_cfg.vocab_size} is smaller than the tokenizer "
                           f"({len(formatter.tokenizer)} tokens including {cfg.text.emb_token})")
     return dataclasses.replace(cfg, model=model_cfg)
-
-
-def model_dir(path: str) -> str:
-    """``init_from`` may name a saved model folder or a previous stage's workdir (its ``model/``)."""
-    candidate = fs.join(path, MODEL_SUBDIR)
-    return candidate if fs.isdir(candidate) else path
 
 
 def resolve_tokenizer(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -115,87 +112,18 @@ def training_batches(cfg: ExperimentConfig, mesh, formatter, query_kind: str):
     return batches, report.metrics()
 
 
-def contrastive_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
-    from t1_jax.stages.contrastive import STAGES_WITH_REASONING, loss_normalizers, make_loss_fn, model_functions
-    from t1_jax.model.qwen3 import param_count
-
-    with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
-    batches, data_report = training_batches(cfg, mesh, formatter,
-                                            "query_with_reasoning" if with_reasoning else "query_direct")
-    graphdef, init_params, shardings = model_functions(cfg, mesh)
-    return TrainStage(
-        name=f"stage {'2 (reasoning)' if with_reasoning else '1 (contrastive)'}",
-        init_params=init_params, batches=batches, loss_fn=make_loss_fn(cfg, graphdef, mesh),
-        loss_normalizers=loss_normalizers(cfg), param_shardings=shardings,
-        pretrained=pretrained_loader(cfg, mesh, formatter),
-        tokens_in_batch=lambda b: int(b["q_valid"].sum() + b["d_valid"].sum()),
-        flops_per_token=6.0 * param_count(cfg.model), data_report=data_report)
-
-
-def grpo_sample_fn(cfg: ExperimentConfig, graphdef) -> Callable:
-    """The rollout sampler of stage 3: tempered policy, no top-k/top-p (shared with ``t1 compile-check``)."""
-    from t1_jax.sampler import sample
-
-    sampling = dataclasses.replace(cfg.sampling, temperature=cfg.grpo.rollout_temperature, top_k=0, top_p=1.0)
-    compute = config_lib.dtype(cfg.model.compute_dtype)
-
-    def sample_fn(params, prompt_ids, prompt_valid, rng):
-        # Decoding reads every weight once per token: one compute-dtype copy for the whole rollout, not a cast of the
-        # float32 masters at every step (which would double the bytes each memory-bound decoding step reads).
-        params = jax.tree.map(lambda p: p.astype(compute), params)
-        return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
-                      eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
-
-    return sample_fn
-
-
-def grpo_step_fn(cfg: ExperimentConfig, graphdef) -> Callable:
-    """The GRPO step (rollout, pool, rewards, updates) the trainer jits (shared with ``t1 compile-check``)."""
-    from t1_jax.stages.grpo import make_grpo_step
-
-    return make_grpo_step(cfg, graphdef, grpo_sample_fn(cfg, graphdef))
-
-
-def grpo_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
-    from t1_jax.stages.contrastive import model_functions
-    from t1_jax.stages.grpo import init_extra_fn
-
-    g = cfg.grpo
-    pretrained = pretrained_loader(cfg, mesh, formatter)
-    if g.beta > 0 and pretrained is None:
-        raise ConfigError("grpo.beta > 0 needs a reference policy: set trainer.init_from to the stage-2 model (or "
-                          "grpo.beta=0)")
-    batches, data_report = training_batches(cfg, mesh, formatter, "query_prompt")
-    graphdef, init_params, shardings = model_functions(cfg, mesh)
-    # The reference policy is only run forward: kept in the compute dtype (half the memory of float32 masters).
-    reference = pretrained_loader(cfg, mesh, formatter, param_dtype=cfg.model.compute_dtype)
-    frozen = (lambda: {"ref": reference()}) if g.beta > 0 else None
-    return TrainStage(
-        name="stage 3 (grpo)", init_params=init_params, batches=batches, step_fn=grpo_step_fn(cfg, graphdef),
-        param_shardings=shardings, pretrained=pretrained, frozen=frozen, updates_per_step=g.inner_steps,
-        init_extra=init_extra_fn(cfg), data_report=data_report)  # no MFU: decoding dominates and is memory-bound
-
-
-STAGE_BUILDERS: dict[str, Callable[..., TrainStage]] = {
-    "contrastive": contrastive_stage,
-    "reasoning": contrastive_stage,
-    "grpo": grpo_stage,
-}
-
-
 def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
     """Validate, build the stage named by ``trainer.stage``, train (resuming), and save the final model."""
     from t1_jax.text import TOKENIZER_SUBDIR, formatter_from_config, save_tokenizer
 
     distributed.initialize(cfg.mesh)
     config_lib.validate(cfg, device_count=jax.device_count(), training=True)
-    if cfg.trainer.stage not in STAGE_BUILDERS:
-        raise ConfigError(f"trainer.stage {cfg.trainer.stage!r} has no builder; known: {sorted(STAGE_BUILDERS)}")
+    spec = stage_spec(cfg.trainer.stage)
     cfg = resolve_tokenizer(cfg)
     formatter = formatter_from_config(cfg.text)
     cfg = resolve_model_config(cfg, formatter)
     mesh = mesh_lib.make_mesh(cfg.mesh)
-    stage = STAGE_BUILDERS[cfg.trainer.stage](cfg, mesh, formatter)
+    stage = spec.build_stage(cfg, mesh, formatter)
     trainer = Trainer(cfg, workdir, mesh)
     if stage.data_report is not None and jax.process_index() == 0:  # a shared path: one writer
         fs.write_text(fs.join(workdir, DATA_REPORT), json.dumps(stage.data_report, indent=2) + "\n")

@@ -22,7 +22,7 @@ Optimizer).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,26 +33,14 @@ from t1_jax import losses
 from t1_jax.config import ConfigError, ExperimentConfig
 from t1_jax.logprobs import chunked_token_ce
 from t1_jax.mesh import batch_shard_count
-from t1_jax.model import Qwen3, abstract_model, param_shardings
+from t1_jax.model import Qwen3
+from t1_jax.model.embedding import embed_last
+from t1_jax.model.functions import model_functions
 from t1_jax.optimizer import NORMALIZERS
-from t1_jax.sampler import positions_from_valid
+from t1_jax.stages.registry import stage_spec
+from t1_jax.trainer import TrainStage
 
 log = logging.getLogger(__name__)
-
-STAGES_WITH_REASONING = {"contrastive": False, "reasoning": True}
-
-
-def l2_normalize(x_bd: jax.Array) -> jax.Array:
-    return x_bd / jnp.maximum(jnp.linalg.norm(x_bd, axis=-1, keepdims=True), 1e-6)
-
-
-def embed_last(model: Qwen3, ids_bt, valid_bt, normalize: bool):
-    """(embedding_bd float32 at the last real token = ``<embtoken>``, hidden_btd)."""
-    hidden_btd, _ = model(ids_bt, positions_from_valid(valid_bt), valid_bt)
-    last_b = jnp.sum(valid_bt.astype(jnp.int32), axis=-1) - 1
-    emb_bd = jnp.take_along_axis(hidden_btd, last_b[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    return (l2_normalize(emb_bd) if normalize else emb_bd), hidden_btd
-
 
 def _reasoning_ce(model: Qwen3, hidden_btd, ids_bt, loss_bt, chunk: int):
     """Sum and count of next-token CE on the reasoning targets (position t predicts token t + 1)."""
@@ -67,7 +55,7 @@ def _ce_targets(batch) -> dict:
 def loss_normalizers(cfg: ExperimentConfig):
     """The stage's ``TrainStage.loss_normalizers``: stage 2's CE is a token mean over the whole step, so under
     gradient accumulation every micro-batch divides its CE sum by the step's target tokens / grad_accum_steps."""
-    return _ce_targets if STAGES_WITH_REASONING[cfg.trainer.stage] else None
+    return _ce_targets if stage_spec(cfg.trainer.stage).with_reasoning else None
 
 
 def _split_chunks(x, chunks: int):
@@ -83,7 +71,7 @@ def _merge_chunks(x):
 
 
 def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
-    with_reasoning = STAGES_WITH_REASONING[cfg.trainer.stage]
+    with_reasoning = stage_spec(cfg.trainer.stage).with_reasoning
     lcfg = cfg.loss
     normalize = cfg.retrieval.normalize
     contrast = losses.gathered_infonce(mesh, temperature=lcfg.temperature, symmetric=lcfg.symmetric,
@@ -171,12 +159,18 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
     return gradcache
 
 
-def model_functions(cfg: ExperimentConfig, mesh: Mesh) -> tuple[Any, Callable, Any]:
-    """(graphdef, init_params(rng) -> params, param shardings) for ``cfg.model``."""
-    abstract = abstract_model(cfg.model)
-    graphdef, abstract_params = nnx.split(abstract)
+def build_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
+    """Stage 1 or 2 for the trainer (the registry's builder for ``contrastive`` and ``reasoning``)."""
+    from t1_jax.model.counts import param_count
+    from t1_jax.stages.build import pretrained_loader, training_batches
 
-    def init_params(rng):
-        return nnx.split(Qwen3(cfg.model, rngs=nnx.Rngs(params=rng)))[1]
-
-    return graphdef, init_params, param_shardings(abstract_params, mesh)
+    spec = stage_spec(cfg.trainer.stage)
+    batches, data_report = training_batches(cfg, mesh, formatter, spec.query_kind)
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    return TrainStage(
+        name=spec.title, init_params=init_params, batches=batches, loss_fn=make_loss_fn(cfg, graphdef, mesh),
+        loss_normalizers=loss_normalizers(cfg), param_shardings=shardings,
+        batch_logical_axes=spec.batch_axes(cfg),
+        pretrained=pretrained_loader(cfg, mesh, formatter),
+        tokens_in_batch=lambda b: int(b["q_valid"].sum() + b["d_valid"].sum()),
+        flops_per_token=6.0 * param_count(cfg.model), data_report=data_report)

@@ -28,13 +28,14 @@ import optax
 from flax import nnx
 
 from t1_jax import losses
-from t1_jax.config import ExperimentConfig, dtype as to_dtype
+from t1_jax.config import ConfigError, ExperimentConfig, dtype as to_dtype
 from t1_jax.grpo import combined_reward, compute_advantages, labels_from_ids, policy_loss
 from t1_jax.logprobs import token_logprobs
 from t1_jax.optimizer import update_metrics
-from t1_jax.sampler import positions_from_valid
-from t1_jax.stages.contrastive import embed_last, l2_normalize
-from t1_jax.trainer import TrainState, apply_gradients
+from t1_jax.model.embedding import embed_last, embedding_at, positions_from_valid
+from t1_jax.model.functions import model_functions
+from t1_jax.stages.registry import stage_spec
+from t1_jax.trainer import TrainStage, TrainState, apply_gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +44,10 @@ class Sequences:
 
     ids_bt: jax.Array  # [B, Tp + Tg]
     valid_bt: jax.Array
-    gen_hidden_index_bg: jax.Array  # slot whose hidden state predicts generated token g
+    gen_hidden_index_bt: jax.Array  # [B, Tg]: slot whose hidden state predicts generated token t
     emb_index_b: jax.Array  # slot of the final <embtoken>
-    gen_mask_bg: jax.Array  # 1 = a generated token (up to and including <embtoken>)
-    sampled_mask_bg: jax.Array  # 1 = a token the policy drew: gen_mask without a forced final <embtoken>
+    gen_mask_bt: jax.Array  # [B, Tg]: 1 = a generated token (up to and including <embtoken>)
+    sampled_mask_bt: jax.Array  # [B, Tg]: 1 = a token the policy drew: gen_mask without a forced final <embtoken>
 
 
 def last_real_index(valid_bt: jax.Array) -> jax.Array:
@@ -55,29 +56,28 @@ def last_real_index(valid_bt: jax.Array) -> jax.Array:
     return t - 1 - jnp.argmax(valid_bt.astype(jnp.int32)[:, ::-1], axis=1)
 
 
-def layout(prompt_ids_bt, prompt_valid_bt, tokens_bg, lengths_b, forced_last_b=None) -> Sequences:
+def layout(prompt_ids_bt, prompt_valid_bt, tokens_bt, lengths_b, forced_last_b=None) -> Sequences:
     """``forced_last_b``: rows whose final ``<embtoken>`` was forced (budget reached, or appended after EOS), not
-    sampled: it is left out of ``sampled_mask_bg``, so the policy term never pushes its probability up or down."""
-    tp, tg = prompt_ids_bt.shape[1], tokens_bg.shape[1]
+    sampled: it is left out of ``sampled_mask_bt``, so the policy term never pushes its probability up or down."""
+    tp, tg = prompt_ids_bt.shape[1], tokens_bt.shape[1]
     g = jnp.arange(tg)[None, :]
     gen_mask = (g < lengths_b[:, None]).astype(jnp.int32)
     sampled = gen_mask
     if forced_last_b is not None:
         sampled = gen_mask * (1 - ((g == lengths_b[:, None] - 1) & forced_last_b[:, None]).astype(jnp.int32))
-    ids = jnp.concatenate([prompt_ids_bt, jnp.where(gen_mask > 0, tokens_bg, 0)], axis=1)
+    ids = jnp.concatenate([prompt_ids_bt, jnp.where(gen_mask > 0, tokens_bt, 0)], axis=1)
     valid = jnp.concatenate([prompt_valid_bt.astype(jnp.int32), gen_mask], axis=1)
     prompt_last = last_real_index(prompt_valid_bt)  # the sampler's rule: the prompt's last real token predicts g = 0
     hidden_index = jnp.where(g == 0, prompt_last[:, None], tp + g - 1)
     return Sequences(ids, valid, hidden_index, tp + lengths_b - 1, gen_mask, sampled)
 
 
-def teacher_forced(model, seqs: Sequences, tokens_bg, temperature: float, chunk: int, normalize: bool):
+def teacher_forced(model, seqs: Sequences, tokens_bt, temperature: float, chunk: int, normalize: bool):
     """(log-probs [B, Tg], entropies [B, Tg], <embtoken> embeddings [B, D]) of a sampled continuation."""
     hidden_btd, _ = model(seqs.ids_bt, positions_from_valid(seqs.valid_bt), seqs.valid_bt)
-    h_gen = jnp.take_along_axis(hidden_btd, seqs.gen_hidden_index_bg[..., None], axis=1)
-    logp, entropy = token_logprobs(h_gen, tokens_bg, model.logits, chunk, temperature)
-    emb = jnp.take_along_axis(hidden_btd, seqs.emb_index_b[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    return logp, entropy, (l2_normalize(emb) if normalize else emb)
+    h_gen = jnp.take_along_axis(hidden_btd, seqs.gen_hidden_index_bt[..., None], axis=1)
+    logp, entropy = token_logprobs(h_gen, tokens_bt, model.logits, chunk, temperature)
+    return logp, entropy, embedding_at(hidden_btd, seqs.emb_index_b, normalize)
 
 
 def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Callable:
@@ -133,9 +133,9 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
             model = nnx.merge(graphdef, params)
             logp, entropy, emb = teacher_forced(model, seqs, tokens, g.rollout_temperature, g.logprob_chunk_size,
                                                 normalize)
-            loss, metrics = policy_loss(logp, rollout.logprobs_bt, logp_ref, adv, seqs.sampled_mask_bg,
+            loss, metrics = policy_loss(logp, rollout.logprobs_bt, logp_ref, adv, seqs.sampled_mask_bt,
                                         g.epsilon_low, g.epsilon_high, g.beta, g.kl_clamp, g.loss_aggregation)
-            mask = seqs.sampled_mask_bg.astype(jnp.float32)
+            mask = seqs.sampled_mask_bt.astype(jnp.float32)
             metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             if g.aux_infonce_weight:
                 aux, aux_metrics = losses.infonce(emb, d_nd, batch["doc_keys"], pos_col, pos_keys,
@@ -184,3 +184,47 @@ def init_extra_fn(cfg: ExperimentConfig) -> Optional[Callable[[Any], Any]]:
         return None
     compute = to_dtype(cfg.model.compute_dtype)
     return lambda params: {"pool_params": jax.tree.map(lambda p: p.astype(compute), params)}
+
+
+def grpo_sample_fn(cfg: ExperimentConfig, graphdef) -> Callable:
+    """The rollout sampler of stage 3: tempered policy, no top-k/top-p (shared with ``t1 compile-check``)."""
+    from t1_jax.sampler import sample
+
+    sampling = dataclasses.replace(cfg.sampling, temperature=cfg.grpo.rollout_temperature, top_k=0, top_p=1.0)
+    compute = to_dtype(cfg.model.compute_dtype)
+
+    def sample_fn(params, prompt_ids, prompt_valid, rng):
+        # Decoding reads every weight once per token: one compute-dtype copy for the whole rollout, not a cast of the
+        # float32 masters at every step (which would double the bytes each memory-bound decoding step reads).
+        params = jax.tree.map(lambda p: p.astype(compute), params)
+        return sample(graphdef, params, prompt_ids, prompt_valid, rng, sampling, emb_token_id=cfg.model.emb_token_id,
+                      eos_token_ids=cfg.model.eos_token_ids, normalize=cfg.retrieval.normalize)
+
+    return sample_fn
+
+
+def grpo_step_fn(cfg: ExperimentConfig, graphdef) -> Callable:
+    """The GRPO step (rollout, pool, rewards, updates) the trainer jits (shared with ``t1 compile-check``)."""
+    return make_grpo_step(cfg, graphdef, grpo_sample_fn(cfg, graphdef))
+
+
+def build_stage(cfg: ExperimentConfig, mesh, formatter) -> TrainStage:
+    """Stage 3 for the trainer (the registry's builder for ``grpo``)."""
+    from t1_jax.stages.build import pretrained_loader, training_batches
+
+    spec = stage_spec(cfg.trainer.stage)
+    g = cfg.grpo
+    pretrained = pretrained_loader(cfg, mesh, formatter)
+    if g.beta > 0 and pretrained is None:
+        raise ConfigError("grpo.beta > 0 needs a reference policy: set trainer.init_from to the stage-2 model (or "
+                          "grpo.beta=0)")
+    batches, data_report = training_batches(cfg, mesh, formatter, spec.query_kind)
+    graphdef, init_params, shardings = model_functions(cfg, mesh)
+    # The reference policy is only run forward: kept in the compute dtype (half the memory of float32 masters).
+    reference = pretrained_loader(cfg, mesh, formatter, param_dtype=cfg.model.compute_dtype)
+    frozen = (lambda: {"ref": reference()}) if g.beta > 0 else None
+    return TrainStage(
+        name=spec.title, init_params=init_params, batches=batches, step_fn=grpo_step_fn(cfg, graphdef),
+        param_shardings=shardings, batch_logical_axes=spec.batch_axes(cfg), pretrained=pretrained,
+        frozen=frozen, updates_per_step=g.inner_steps,
+        init_extra=init_extra_fn(cfg), data_report=data_report)  # no MFU: decoding dominates and is memory-bound
