@@ -126,6 +126,9 @@ def _layout_rows(name: str) -> list[str]:
 
 
 def test_4b_layout_tables(monkeypatch):
+    from t1_jax.data.batch_spec import padded_lengths
+    from t1_jax.stages.registry import STAGES
+
     rows = {name: _layout_rows(name) for name in ("t1_4b_stage1", "t1_4b_stage2", "t1_4b_stage3_grpo",
                                                   "t1_4b_eval_bright")}
     # Every training stage has a row for the three slice families' common sizes; v4-8 (4 x 32 GiB) cannot hold
@@ -149,7 +152,7 @@ def test_4b_layout_tables(monkeypatch):
                 # A few explicit padded lengths: a single-host run compiles the 4B step once per shape, not per 64
                 # tokens; the longest of those the budgets use is the shape the compile check proves (stage 1 has
                 # longer ones for a raised text.max_doc_tokens).
-                longest = max(compile_check.padded_lengths(cfg, with_reasoning=cfg.trainer.stage == "reasoning"))
+                longest = max(padded_lengths(cfg, STAGES[cfg.trainer.stage].query_kind))
                 assert 1 <= len([b for b in cfg.data.length_buckets if b <= longest]) <= 2
             assert cfg.name.endswith("@" + tpu.parse_topology(topology).accelerator_type)
     monkeypatch.setenv(layouts.TOPOLOGY_ENV, "v4-8")

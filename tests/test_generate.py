@@ -382,10 +382,10 @@ def test_generate_traces_batches_and_unpacks(monkeypatch):
     assert calls[4][2] == key1 and calls[5][2] != key2  # a batch's key follows its own rows' seeds
 
 
-def test_engine_and_batch_paths_give_the_same_greedy_traces_and_per_row_draws():
+def test_engine_and_batch_paths_give_the_same_greedy_traces():
     """The seam's two engines on a tiny random model whose stop token is likely (so traces end at different steps):
-    greedy traces equal between continuous batching and fixed batches; on the engine, a sampled trace depends on its
-    own seed only (not the batch size, the order of the prompts or its neighbours)."""
+    greedy traces equal between continuous batching and fixed batches, the stop token dropped. (That a sampled trace
+    depends on its own seed only is tests/test_engine.py's test_sampled_output_depends_only_on_the_sequence_seed.)"""
     import jax
     from flax import nnx
 
@@ -414,15 +414,6 @@ def test_engine_and_batch_paths_give_the_same_greedy_traces_and_per_row_draws():
     assert len(set(lengths)) > 1 and any(t.hit_budget for t in on_engine) and not all(t.hit_budget for t in on_engine)
     assert all(5 not in t.token_ids for t in on_engine)  # the stop token is not part of a trace
 
-    hot = SamplingConfig(temperature=1.0, prompt_buckets=(16, 32))
-    drawn = teacher.generate_traces(graphdef, params, prompts, hot, seeds=seeds, batch_size=4, engine=True, **args)
-    order = [6, 2, 0, 4, 1, 5, 3]  # other neighbours, another slot count
-    shuffled = teacher.generate_traces(graphdef, params, [prompts[i] for i in order], hot,
-                                       seeds=[seeds[i] for i in order], batch_size=2, engine=True, **args)
-    assert [shuffled[order.index(i)] for i in range(7)] == drawn
-    reseeded = teacher.generate_traces(graphdef, params, prompts, hot, seeds=[s + 1 for s in seeds], batch_size=4,
-                                       engine=True, **args)
-    assert reseeded != drawn
     assert jax.process_count() == 1
 
 
@@ -458,23 +449,29 @@ def test_filter_ranks_the_positive_among_its_own_candidates(tmp_path):
         make_scorer(bad, settings)
 
 
-def test_generate_with_filters_writes_verdicts_and_the_kept_fraction(teacher, tmp_path, capsys):
-    """t1 generate --filter bm25 on records built so that half can never rank their positive first (a negative
-    repeats the query) and half always do; then --filter t1 with the teacher folder as the T1 model: its ranks equal
-    a float64 numpy ranking of the Encoder's own embeddings of the same texts."""
-    from t1_jax.encoder import Encoder
-    from t1_jax.teacher_filter import rank_of_positive
-
+def _filter_rows():
     rows = []
     for i in range(16):
         q = f"why does the {TOPICS[i % len(TOPICS)]} number {i} glow at night"
         strong, weak = f"{q} {q} {q}", f"an unrelated note about tax forms {i}"
         rows.append({"id": f"r{i}", "query": q, "positives": [strong if i % 2 == 0 else weak],
                      "negatives": [weak if i % 2 == 0 else strong, f"another note {i}"]})
+    return rows
+
+
+def _filter_args(teacher, rows, tmp_path):
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps(r) + "\n" for r in rows))
     base = ["generate", "--checkpoint", str(teacher), "--queries", str(queries), "--set", "sampling.max_new_tokens=4",
             "sampling.prompt_buckets=256", "text.max_query_tokens=256", "--batch-size", "8", "--keep-cut"]
+    return base
+
+
+def test_generate_with_the_bm25_filter_writes_verdicts_and_the_kept_fraction(teacher, tmp_path, capsys):
+    """t1 generate --filter bm25 on records built so that half can never rank their positive first (a negative
+    repeats the query) and half always do."""
+    rows = _filter_rows()
+    base = _filter_args(teacher, rows, tmp_path)
     out = tmp_path / "bm25.jsonl"
     capsys.readouterr()
     assert cli.main([*base, "--out", str(out), "--filter", "bm25"]) == 0
@@ -488,6 +485,19 @@ def test_generate_with_filters_writes_verdicts_and_the_kept_fraction(teacher, tm
     assert summary["filter"] == {"method": "bm25", "top_k": 1, "judged": 16, "kept": 8, "kept_fraction": 0.5,
                                  "unjudged_kept": 0}
 
+    assert cli.main([*base, "--out", str(tmp_path / "x.jsonl"), "--filter-checkpoint", str(teacher)]) == 1
+    assert "--filter-checkpoint is the model of --filter t1" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # another model (the encoder's programs) compiled: ~10 s
+def test_generate_with_the_t1_filter_ranks_as_the_encoder_does(teacher, tmp_path):
+    """--filter t1 with the teacher folder as the T1 model: its ranks equal a float64 numpy ranking of the Encoder's
+    own embeddings of the same texts."""
+    from t1_jax.encoder import Encoder
+    from t1_jax.teacher_filter import rank_of_positive
+
+    rows = _filter_rows()
+    base = _filter_args(teacher, rows, tmp_path)
     out_t1 = tmp_path / "t1.jsonl"
     assert cli.main([*base, "--out", str(out_t1), "--filter", "t1", "--filter-checkpoint", str(teacher),
                      "--filter-top-k", "2"]) == 0
@@ -500,8 +510,6 @@ def test_generate_with_filters_writes_verdicts_and_the_kept_fraction(teacher, tm
         d = enc.encode_documents(r["positives"] + r["negatives"]).astype(np.float64)
         assert x["teacher"]["filter"]["rank"] == rank_of_positive(d @ q_d, 1)
         assert x["teacher"]["filter"]["kept"] == (x["teacher"]["filter"]["rank"] <= 2)
-    assert cli.main([*base, "--out", str(tmp_path / "x.jsonl"), "--filter-checkpoint", str(teacher)]) == 1
-    assert "--filter-checkpoint is the model of --filter t1" in capsys.readouterr().err
 
 
 def _summary(capsys):

@@ -153,16 +153,17 @@ def test_attention_impl_is_validated():
 def test_long_document_experiments_and_their_flops():
     from t1_jax import compile_check, compile_encode
     from t1_jax.commands.compile_check import experiment_kind
+    from t1_jax.data.batch_spec import padded_lengths
 
     stage1 = cfg_lib.validate(cfg_lib.load_config("experiments/t1_4b_stage1_longdoc.py"), 4, training=True)
     bright = cfg_lib.validate(cfg_lib.load_config("experiments/t1_4b_eval_bright_longdoc.py"), 4)
     assert stage1.model.attention_impl == bright.model.attention_impl == "splash"
-    assert compile_check.padded_lengths(stage1, with_reasoning=False) == (320, 4096)
+    assert padded_lengths(stage1, "query_direct") == (320, 4096)
     assert experiment_kind("experiments/t1_4b_eval_bright_longdoc.py") == "encode"
     assert compile_encode.encode_length(bright) == 8192 and bright.text.max_doc_tokens >= 8192
     # The roofline counts the tiles splash computes: 36 of 64 at 4096 tokens, all of one 384-token query block.
-    xla = compile_check.contrastive_flops(_with_impl(stage1, "xla"), with_reasoning=False)
-    ours = compile_check.contrastive_flops(stage1, with_reasoning=False)
+    xla = compile_check.contrastive_flops(_with_impl(stage1, "xla"), "query_direct")
+    ours = compile_check.contrastive_flops(stage1, "query_direct")
     assert ours.layers == xla.layers and ours.attention < xla.attention
     m, b = stage1.model, stage1.data.global_batch_size
     dense_docs = 3 * 4 * m.num_layers * m.num_heads * m.head_dim * 4096 * (2 * b * 4096)
