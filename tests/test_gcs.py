@@ -95,6 +95,8 @@ def _t1(args, env, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.slow  # ~75-100 s: out of the default run to keep CI under 15 minutes (`-m slow`); the local kill/resume
+# tests (test_trainer.py) and the other gs:// tests here stay in it
 def test_stage1_on_gcs_killed_resumed_then_embedded(gcs, tmp_path):
     from t1_jax.quickstart.task import PRESETS, generate_task, write_task
     from t1_jax.quickstart.tokenizer import train_tokenizer

@@ -91,6 +91,7 @@ def data(tmp_path_factory):
             "root": root}
 
 
+@pytest.mark.slow  # ~150 s of two JAX processes: out of the default run to keep CI under 15 minutes (`-m slow`)
 def test_two_processes_preempted_by_sigterm_resume_and_equal_one_process(data):
     """The real preemption path: SIGTERM to both processes reaches XLA's preemption notifier (the trainer installs no
     handler of its own once jax.distributed is up), both stop at the step JAX's sync point names, save it together,
