@@ -254,10 +254,12 @@ def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
     prefill (R·Tp tokens) + decode (R·Tg tokens, logits at each). Step = rollout + the document pool (inference) +
     the reference policy's teacher-forced pass when grpo.beta > 0 (inference) + grpo.inner_steps training passes over
     the R prompt+generation sequences (logits at the Tg generated positions, rematerialised once by the chunked
-    log-prob scan).
+    log-prob scan). With ``model.attention_impl=splash`` the full-sequence passes (pool, reference, updates) count
+    the score tiles the kernel computes (``splash.attention_fraction``); prefill and decode are counted dense.
     """
     from t1_jax.data.batch_spec import padded_lengths
     from t1_jax.model.counts import decoder_flops
+    from t1_jax.model.splash import attention_fraction
 
     m, g = cfg.model, cfg.grpo
     rollouts = cfg.data.global_batch_size * g.group_size
@@ -267,10 +269,13 @@ def grpo_flops(cfg: ExperimentConfig) -> tuple[FlopCount, FlopCount]:
     cache = tp + tg
     rollout = _sum_flops(decoder_flops(m, rollouts * tp, cache, training=False, lm_head_tokens=rollouts),
                          decoder_flops(m, rollouts * tg, cache, training=False, lm_head_tokens=rollouts * tg))
-    parts = [rollout, decoder_flops(m, n * td, td, training=False)]
+    # Full-sequence passes (the pool, the reference, the updates) run splash when configured: its computed tiles.
+    fd, fc = attention_fraction(m, td), attention_fraction(m, cache)
+    parts = [rollout, decoder_flops(m, n * td, td, training=False, attention_fraction=fd)]
     if g.beta > 0:
-        parts.append(decoder_flops(m, rollouts * cache, cache, training=False, lm_head_tokens=rollouts * tg))
-    train = decoder_flops(m, rollouts * cache, cache, lm_head_tokens=rollouts * tg)
+        parts.append(decoder_flops(m, rollouts * cache, cache, training=False, lm_head_tokens=rollouts * tg,
+                                   attention_fraction=fc))
+    train = decoder_flops(m, rollouts * cache, cache, lm_head_tokens=rollouts * tg, attention_fraction=fc)
     relogits = 2.0 * m.hidden_size * m.vocab_size * rollouts * tg
     for _ in range(g.inner_steps):
         parts.append(dataclasses.replace(train, recompute=train.recompute + relogits))

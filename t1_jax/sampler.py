@@ -37,6 +37,7 @@ from t1_jax.mesh import active_mesh, constrain, use_mesh
 from t1_jax.model.cache import init_cache
 from t1_jax.model.embedding import l2_normalize, positions_from_valid
 from t1_jax.model.precision import target_platform
+from t1_jax.model.host_memory import advise_huge_pages
 from t1_jax.model.qwen3 import split_layers
 
 PAD_ID = 0  # token written after a sequence has finished
@@ -133,14 +134,22 @@ def decode_layout(mesh: Optional[Mesh]) -> bool:
         return target_platform() == "cpu"
 
 
-def layer_weights(graphdef, params, mesh: Optional[Mesh]):
-    """Per-layer weights for the CPU decode layout, else None (the stacked ones are used)."""
+def layer_weights(graphdef, params, mesh: Optional[Mesh], huge_pages: bool = False):
+    """Per-layer weights for the CPU decode layout, else None (the stacked ones are used).
+
+    ``huge_pages``: also back them (and ``params``, whose embedding table is the LM head) with 2 MiB pages
+    (``t1_jax.model.host_memory``): ~1 s per GB once, for faster steps after; for callers that keep the result
+    for many calls (``t1 generate``, the engine, benchmarks), not for one ``sample`` call."""
     if not decode_layout(mesh):
         return None
     with use_mesh(mesh):
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):  # abstract (AOT compiles)
             return jax.eval_shape(functools.partial(split_layers, graphdef), params)
-        return split_layers(graphdef, params)
+        layers = split_layers(graphdef, params)
+    if huge_pages:
+        jax.block_until_ready(layers)
+        advise_huge_pages((layers, params))
+    return layers
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "mesh"))
@@ -214,14 +223,17 @@ def _decode(graphdef, params, layers, cache, logits_bv, prompt_len_b, budget_b, 
 
 def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingConfig, *, emb_token_id: int,
            eos_token_ids: Sequence[int] = (), normalize: bool = True,
-           max_new_tokens: Union[None, int, Sequence[int]] = None, mesh: Optional[Mesh] = None) -> Rollout:
+           max_new_tokens: Union[None, int, Sequence[int]] = None, mesh: Optional[Mesh] = None,
+           layers=None) -> Rollout:
     """Generate reasoning after each prompt, then ``<embtoken>``; return tokens, log-probs, lengths and embeddings.
 
     ``prompt_ids_bt``/``prompt_valid_bt``: ``[B, T]`` prompts, left- or right-padded (positions follow the valid
     mask). ``rng``: a PRNG key (unused when greedy). ``max_new_tokens`` overrides ``cfg.max_new_tokens``: reasoning
     tokens allowed before ``<embtoken>`` is forced, one for all rows or one per row (the loop runs until the longest
     row is done). ``mesh`` (default: the active ``use_mesh`` one) turns on the
-    model's sharding constraints: batch over data x fsdp. Compiles once per (B, T) and settings.
+    model's sharding constraints: batch over data x fsdp. ``layers``: the CPU decode layout's per-layer weights
+    (:func:`layer_weights`) when the caller keeps them across calls; by default split for this call.
+    Compiles once per (B, T) and settings.
     """
     problems = cfg.validate()
     if problems:
@@ -241,7 +253,7 @@ def sample(graphdef, params, prompt_ids_bt, prompt_valid_bt, rng, cfg: SamplingC
         raise ValueError(f"<embtoken> id {emb_token_id} is also an end-of-sequence id")
     mesh = active_mesh() if mesh is None else mesh
     settings = _static_settings(float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
-    layers = layer_weights(graphdef, params, mesh)
+    layers = layer_weights(graphdef, params, mesh) if layers is None else layers
     cache, logits_bv, prompt_len_b = _prefill(graphdef, params, layers, prompt_ids_bt, prompt_valid_bt,
                                               cache_len=prompt_ids_bt.shape[1] + n_new + 1, mesh=mesh)
     # The special ids are traced (not static): changing them never recompiles. -1 pads the EOS list (never a token).

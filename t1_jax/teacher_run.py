@@ -155,8 +155,8 @@ def run_generation(teacher: Teacher, records: Sequence[TeacherRecord], prompts: 
     log.info("teacher: %d records x %d samples = %d traces; %d already written, %d to generate in %d chunks of up "
              "to %d rows", len(records), settings.samples, len(rows), skipped, missing, len(todo), settings.chunk_rows)
     # The engine's per-layer weights (CPU decode layout), split once for every chunk rather than once per chunk.
-    layers = layer_weights(teacher.graphdef, teacher.params, teacher.mesh) if todo and jax.process_count() == 1 \
-        else None
+    layers = (layer_weights(teacher.graphdef, teacher.params, teacher.mesh, huge_pages=True)
+              if todo and jax.process_count() == 1 else None)
     bar = progress(None, total=len(rows), initial=skipped, desc="teacher traces", unit="trace")
     generated = tokens = written = 0
     t0 = time.time()

@@ -293,7 +293,7 @@ def test_resumed_run_regenerates_whole_chunks_with_the_same_seeds(tokenizer, tmp
         return [Trace((1000 + (s + mix) % 5000, 220), (s + mix) % 3 == 0) for s in seeds]
 
     monkeypatch.setattr(teacher_run, "generate_traces", fake)
-    monkeypatch.setattr(teacher_run, "layer_weights", lambda *a: None)  # no model behind the stand-in seam
+    monkeypatch.setattr(teacher_run, "layer_weights", lambda *a, **k: None)  # no model behind the stand-in seam
     records = _records([{"id": f"q{i}", "query": f"query {i}", "n": i} for i in range(7)], tmp_path)
     teacher = teacher_run.Teacher(None, None, tokenizer, None, 151645, (151643,), 151643)
     settings = teacher_run.GenerateSettings(SamplingConfig(temperature=0.7), batch_size=4, chunk_rows=4, samples=2)

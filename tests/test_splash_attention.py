@@ -169,3 +169,13 @@ def test_long_document_experiments_and_their_flops():
     dense_docs = 3 * 4 * m.num_layers * m.num_heads * m.head_dim * 4096 * (2 * b * 4096)
     dense_queries = xla.attention - dense_docs
     assert ours.attention == pytest.approx(dense_queries * 384 ** 2 / 320 ** 2 + dense_docs * 9 / 16)
+
+
+def test_grpo_flops_count_splash_tiles_for_full_sequence_passes_only():
+    from t1_jax import compile_check
+
+    stage3 = cfg_lib.load_config("experiments/t1_4b_stage3_grpo.py")
+    xla_rollout, xla_step = compile_check.grpo_flops(_with_impl(stage3, "xla"))
+    splash_rollout, splash_step = compile_check.grpo_flops(_with_impl(stage3, "splash"))
+    assert splash_rollout == xla_rollout  # prefill and decode: the XLA path, counted dense
+    assert splash_step.layers == xla_step.layers and 0 < splash_step.attention < xla_step.attention
