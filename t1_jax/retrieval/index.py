@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from t1_jax import fs
-from t1_jax.config_sections import INDEX_MODES, RetrievalConfig
+from t1_jax.config_sections_inference import INDEX_MODES, RetrievalConfig
 
 log = logging.getLogger(__name__)
 
