@@ -53,14 +53,14 @@ def main():
 
     chunked = grad_of(lambda h_, w_: chunked_token_ce(h_, y, wt, lambda x: x @ w_, a.chunk))
     naive = grad_of(lambda h_, w_: naive_ce(h_, y, wt, lambda x: x @ w_))
-    mem_c, t_c = measure(chunked, (h, w), a.repeats)
-    mem_n, t_n = measure(naive, (h, w), a.repeats)
+    mem_chunked, t_chunked = measure(chunked, (h, w), a.repeats)
+    mem_naive, t_naive = measure(naive, (h, w), a.repeats)
     full = a.batch * a.length * a.vocab * 4
     print(f"shape B={a.batch} T={a.length} D={a.dim} V={a.vocab} chunk={a.chunk}; "
           f"full f32 logits = {full / 2**20:.1f} MiB")
-    print(f"naive   : temp {mem_n / 2**20:8.1f} MiB  value_and_grad {t_n * 1e3:8.1f} ms")
-    print(f"chunked : temp {mem_c / 2**20:8.1f} MiB  value_and_grad {t_c * 1e3:8.1f} ms")
-    print(f"ratio naive/chunked: memory {mem_n / max(mem_c, 1):.2f}x  time {t_n / t_c:.2f}x")
+    print(f"naive   : temp {mem_naive / 2**20:8.1f} MiB  value_and_grad {t_naive * 1e3:8.1f} ms")
+    print(f"chunked : temp {mem_chunked / 2**20:8.1f} MiB  value_and_grad {t_chunked * 1e3:8.1f} ms")
+    print(f"ratio naive/chunked: memory {mem_naive / max(mem_chunked, 1):.2f}x  time {t_naive / t_chunked:.2f}x")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ from t1_jax.config_sections import (  # the sections, re-exported: import them f
     RetrievalConfig,
     EvalConfig,
     ExperimentConfig,
-    GRPO_ADVANTAGES,
-    GRPO_AGGREGATIONS,
-    GRPO_REWARDS,
 )
+from t1_jax.config_sections_inference import GRPO_ADVANTAGES, GRPO_AGGREGATIONS, GRPO_REWARDS  # re-exported too
 
 __all__ = ["ConfigError", "ContrastiveConfig", "DataConfig", "EvalConfig", "ExperimentConfig", "GRPOConfig",
            "GRPO_ADVANTAGES", "GRPO_AGGREGATIONS", "GRPO_REWARDS", "MeshConfig", "ModelConfig", "OptimizerConfig",

@@ -181,7 +181,7 @@ class Encoder:
         return jax.device_put(ids, sharding), jax.device_put(valid, sharding)
 
     def embed_encoded(self, encoded: Sequence[Encoded], bucketing: bool = True, desc: str = "embed") -> np.ndarray:
-        """One forward pass per batch over complete sequences (each ending with ``<embtoken>``) -> ``[N, D]``."""
+        """One forward pass per batch over complete sequences (each ending with ``<embtoken>``) -> ``[B, D]``."""
         out = np.zeros((len(encoded), self.dim), np.float32)
         lengths = [len(e) for e in encoded]
         fixed = None if bucketing else bucket_length(max(lengths, default=1), self.doc_buckets)
@@ -198,7 +198,7 @@ class Encoder:
     # ------------------------------------------------------------------------------------------------ public API
     def encode_documents(self, texts: Sequence[str], domains: Optional[Sequence[Optional[str]]] = None,
                          batch_size: Optional[int] = None, bucketing: bool = True) -> np.ndarray:
-        """``[N, D]`` float32 embeddings of ``instruction + text + <embtoken>``, in input order."""
+        """``[E, D]`` float32 embeddings of ``instruction + text + <embtoken>``, in input order."""
         encoder = self._with_batch_size(batch_size)
         encoded, _ = batch_encode(self.formatter, "document", list(texts), domains, name="documents")
         return encoder.embed_encoded(encoded, bucketing, desc="documents")
@@ -207,7 +207,7 @@ class Encoder:
                        reasoning: bool = True, sampling: Optional[SamplingConfig] = None, seed: int = 0,
                        batch_size: Optional[int] = None, seeds: Optional[Sequence[int]] = None
                        ) -> tuple[np.ndarray, list[str], dict]:
-        """``(embeddings [N, D], reasoning texts, stats)``. With ``reasoning`` the model writes a reasoning trace
+        """``(embeddings [B, D], reasoning texts, stats)``. With ``reasoning`` the model writes a reasoning trace
         (sampler, ``sampling`` settings) before ``<embtoken>``; without, ``prompt + <embtoken>`` in one pass.
         ``seeds``: each query's own draw (default: its index), so a query set encoded in parts with its global
         indices samples what it would have sampled in one call."""
@@ -228,24 +228,24 @@ class Encoder:
         encoded, trunc = batch_encode(self.formatter, "query_prompt", queries, domains, name="queries")
         out = np.zeros((len(queries), self.dim), np.float32)
         texts = [""] * len(queries)
-        lengths_n = np.zeros(len(queries), np.int64)
-        forced_n = np.zeros(len(queries), bool)
-        eos_n = np.zeros(len(queries), bool)
+        lengths_b = np.zeros(len(queries), np.int64)
+        forced_b = np.zeros(len(queries), bool)
+        eos_b = np.zeros(len(queries), bool)
         bar = self._bar(len(queries), "queries", "query")
         results = generate_iter(self.graphdef, self.params, [e.ids for e in encoded], sampling,
                                 emb_token_id=self.formatter.emb_token_id, eos_token_ids=self.formatter.eos_token_ids,
                                 seeds=seeds, rng=jax.random.key(seed), normalize=self.normalize,
                                 settings=EngineSettings(slots=self.batch_size), mesh=self.mesh)
         for i, gen in results:
-            out[i], lengths_n[i], forced_n[i], eos_n[i] = gen.embedding, len(gen.tokens), gen.forced, gen.stopped_eos
+            out[i], lengths_b[i], forced_b[i], eos_b[i] = gen.embedding, len(gen.tokens), gen.forced, gen.stopped_eos
             # the reasoning: generated tokens before <embtoken>, specials dropped
             texts[i] = self.formatter.tokenizer.decode(gen.tokens[:-1].tolist(), skip_special_tokens=True)
             bar.update(1)
         bar.close()
         seconds = time.time() - t0
         stats = {"queries": len(queries), "truncated": trunc.truncated, "seconds": seconds,
-                 "mean_generated_tokens": float(lengths_n.mean()) if len(queries) else 0.0,
-                 "forced_fraction": float(forced_n.mean()) if len(queries) else 0.0,
-                 "eos_fraction": float(eos_n.mean()) if len(queries) else 0.0,
-                 "generated_tokens_per_s": float(lengths_n.sum() / max(seconds, 1e-9))}
+                 "mean_generated_tokens": float(lengths_b.mean()) if len(queries) else 0.0,
+                 "forced_fraction": float(forced_b.mean()) if len(queries) else 0.0,
+                 "eos_fraction": float(eos_b.mean()) if len(queries) else 0.0,
+                 "generated_tokens_per_s": float(lengths_b.sum() / max(seconds, 1e-9))}
         return out, texts, stats

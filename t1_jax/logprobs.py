@@ -28,10 +28,10 @@ def _chunked(x_bt_any: jax.Array, chunk: int, fill) -> jax.Array:
     return jnp.moveaxis(x, 1, 0)
 
 
-def _unchunk(x_cbk: jax.Array, t: int) -> jax.Array:
+def _unchunk(x_cbt: jax.Array, t: int) -> jax.Array:
     """[C, B, chunk] -> [B, T] (dropping the padding)."""
-    c, b, k = x_cbk.shape
-    return jnp.moveaxis(x_cbk, 0, 1).reshape(b, c * k)[:, :t]
+    c, b, per_chunk = x_cbt.shape
+    return jnp.moveaxis(x_cbt, 0, 1).reshape(b, c * per_chunk)[:, :t]
 
 
 def _check(hidden_btd, targets_bt, chunk):
@@ -50,21 +50,21 @@ def chunked_token_ce(hidden_btd: jax.Array, targets_bt: jax.Array, weights_bt: j
     and devices before dividing. Logits are cast to float32 before the softmax.
     """
     chunk = _check(hidden_btd, targets_bt, chunk)
-    h_cbkd = _chunked(hidden_btd, chunk, 0)
-    y_cbk = _chunked(targets_bt.astype(jnp.int32), chunk, 0)
-    w_cbk = _chunked(weights_bt.astype(jnp.float32), chunk, 0.0)
+    h_cbtd = _chunked(hidden_btd, chunk, 0)
+    y_cbt = _chunked(targets_bt.astype(jnp.int32), chunk, 0)
+    w_cbt = _chunked(weights_bt.astype(jnp.float32), chunk, 0.0)
 
     @jax.checkpoint
-    def chunk_sum(h_bkd, y_bk, w_bk):
-        logits_bkv = logits_fn(h_bkd).astype(jnp.float32)
-        logz_bk = jax.nn.logsumexp(logits_bkv, axis=-1)
-        target_bk = jnp.take_along_axis(logits_bkv, y_bk[..., None], axis=-1)[..., 0]
-        return jnp.sum((logz_bk - target_bk) * w_bk)
+    def chunk_sum(h_btd, y_bt, w_bt):
+        logits_btv = logits_fn(h_btd).astype(jnp.float32)
+        logz_bt = jax.nn.logsumexp(logits_btv, axis=-1)
+        target_bt = jnp.take_along_axis(logits_btv, y_bt[..., None], axis=-1)[..., 0]
+        return jnp.sum((logz_bt - target_bt) * w_bt)
 
     def body(total, xs):
         return total + chunk_sum(*xs), None
 
-    sum_ce, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_cbkd, y_cbk, w_cbk))
+    sum_ce, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_cbtd, y_cbt, w_cbt))
     return sum_ce, jnp.sum(weights_bt.astype(jnp.float32))
 
 
@@ -79,19 +79,19 @@ def token_logprobs(hidden_btd: jax.Array, targets_bt: jax.Array, logits_fn: Call
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     t = hidden_btd.shape[1]
-    h_cbkd = _chunked(hidden_btd, chunk, 0)
-    y_cbk = _chunked(targets_bt.astype(jnp.int32), chunk, 0)
+    h_cbtd = _chunked(hidden_btd, chunk, 0)
+    y_cbt = _chunked(targets_bt.astype(jnp.int32), chunk, 0)
 
     @jax.checkpoint
-    def chunk_logp(h_bkd, y_bk):
-        logits_bkv = logits_fn(h_bkd).astype(jnp.float32) / temperature
-        logp_bkv = jax.nn.log_softmax(logits_bkv, axis=-1)
-        logp_bk = jnp.take_along_axis(logp_bkv, y_bk[..., None], axis=-1)[..., 0]
-        entropy_bk = -jnp.sum(jnp.exp(logp_bkv) * logp_bkv, axis=-1)
-        return logp_bk, entropy_bk
+    def chunk_logp(h_btd, y_bt):
+        logits_btv = logits_fn(h_btd).astype(jnp.float32) / temperature
+        logp_btv = jax.nn.log_softmax(logits_btv, axis=-1)
+        logp_bt = jnp.take_along_axis(logp_btv, y_bt[..., None], axis=-1)[..., 0]
+        entropy_bt = -jnp.sum(jnp.exp(logp_btv) * logp_btv, axis=-1)
+        return logp_bt, entropy_bt
 
     def body(carry, xs):
         return carry, chunk_logp(*xs)
 
-    _, (logp_cbk, ent_cbk) = jax.lax.scan(body, None, (h_cbkd, y_cbk))
-    return _unchunk(logp_cbk, t), _unchunk(ent_cbk, t)
+    _, (logp_cbt, ent_cbt) = jax.lax.scan(body, None, (h_cbtd, y_cbt))
+    return _unchunk(logp_cbt, t), _unchunk(ent_cbt, t)

@@ -69,10 +69,10 @@ def candidates(record: TeacherRecord) -> tuple[tuple[str, ...], tuple[str, ...]]
     return out[0], out[1]
 
 
-def rank_of_positive(scores_c: np.ndarray, n_positive: int) -> int:
+def rank_of_positive(scores_e: np.ndarray, n_positive: int) -> int:
     """1-based rank of the best positive (the first ``n_positive`` scores) among all; ties count against it."""
-    best = float(np.max(scores_c[:n_positive]))
-    return 1 + int(np.sum(scores_c[n_positive:] >= best))
+    best = float(np.max(scores_e[:n_positive]))
+    return 1 + int(np.sum(scores_e[n_positive:] >= best))
 
 
 class BM25Scorer:
@@ -113,14 +113,14 @@ class T1Scorer:
         fmt = enc.formatter
         queries = fmt.encode_many("query_with_reasoning", [(r.query, t) for _, r, t, _, _ in judged],
                                   [r.obj.get("domain") for _, r, _, _, _ in judged])
-        q_nd = enc.embed_encoded(queries, desc="filter queries")
+        q_bd = enc.embed_encoded(queries, desc="filter queries")
         docs = [d for *_, pos, neg in judged for d in pos + neg]
         domains = [r.obj.get("domain") for _, r, _, pos, neg in judged for _ in pos + neg]
-        d_md = enc.encode_documents(docs, domains)
+        d_ed = enc.encode_documents(docs, domains)
         start = 0
-        for (i, _, _, pos, neg), q_d in zip(judged, q_nd):
+        for (i, _, _, pos, neg), q_d in zip(judged, q_bd):
             n = len(pos) + len(neg)
-            out[i] = rank_of_positive(d_md[start:start + n] @ q_d, len(pos))
+            out[i] = rank_of_positive(d_ed[start:start + n] @ q_d, len(pos))
             start += n
         return out
 

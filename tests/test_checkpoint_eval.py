@@ -108,11 +108,11 @@ def test_beir_and_bright_scores_equal_encoding_by_hand(run_dir, data, tmp_path, 
     ids = list(data["docs"])
     qids = list(data["queries"])
     for dataset, domain in (("toy", None), ("biology", "biology")):
-        d_nd = enc.encode_documents([data["docs"][d] for d in ids], [domain] * len(ids))
+        d_ed = enc.encode_documents([data["docs"][d] for d in ids], [domain] * len(ids))
         for reasoning, system in ((True, "t1"), (False, "t1 (no reasoning)")):
             q_bd, texts, _ = enc.encode_queries([data["queries"][q] for q in qids], [domain] * len(qids),
                                                 reasoning=reasoning)
-            scores = q_bd @ d_nd.T
+            scores = q_bd @ d_ed.T
             run = {q: {ids[j]: float(scores[i, j]) for j in range(len(ids))} for i, q in enumerate(qids)}
             if domain:
                 qrels = {q: {f"d{3 * i}": 1, f"d{3 * i + 1}": 1} for i, q in enumerate(qids)}

@@ -46,9 +46,9 @@ def _reference_loss(cfg, graphdef, params, batch, with_reasoning):
     d, _ = embed_last(model, batch["d_ids"], batch["d_valid"], True)
     loss, _ = losses.infonce(q, d, batch["doc_keys"], batch["pos_col"], batch["pos_keys"], cfg.loss.temperature)
     if with_reasoning:
-        ce_sum, ce_n = chunked_token_ce(q_hidden[:, :-1], batch["q_ids"][:, 1:], batch["q_loss"][:, 1:], model.logits,
-                                        1024)
-        loss = loss + cfg.loss.sft_weight * ce_sum / ce_n
+        ce_sum, ce_weight = chunked_token_ce(q_hidden[:, :-1], batch["q_ids"][:, 1:], batch["q_loss"][:, 1:],
+                                             model.logits, 1024)
+        loss = loss + cfg.loss.sft_weight * ce_sum / ce_weight
     return loss
 
 
@@ -121,8 +121,8 @@ def test_grad_accumulation_is_the_full_batch_token_mean(setup):
         nce, ce_sums = 0.0, []
         for r, d in zip(rows, docs):
             q_bd, q_hidden = embed_last(model, jb["q_ids"][r], jb["q_valid"][r], True)
-            d_nd, _ = embed_last(model, jb["d_ids"][d], jb["d_valid"][d], True)
-            nce += losses.infonce(q_bd, d_nd, jb["doc_keys"][d], jb["pos_col"][r] - d.start, jb["pos_keys"][r],
+            d_ed, _ = embed_last(model, jb["d_ids"][d], jb["d_valid"][d], True)
+            nce += losses.infonce(q_bd, d_ed, jb["doc_keys"][d], jb["pos_col"][r] - d.start, jb["pos_keys"][r],
                                   cfg.loss.temperature)[0] / steps
             logp = jax.nn.log_softmax(model.logits(q_hidden[:, :-1]).astype(jnp.float32), axis=-1)
             target = jnp.take_along_axis(logp, jb["q_ids"][r][:, 1:, None], axis=-1)[..., 0]

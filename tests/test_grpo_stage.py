@@ -92,8 +92,8 @@ def test_sharded_step_equals_unsharded():
     assert float(run(state, host_local)[1]["aux_infonce"]) == pytest.approx(float(ref_metrics["aux_infonce"]), rel=1e-6)
 
     mesh = mesh_lib.make_mesh(cfg_lib.MeshConfig(data=2, fsdp=2, tensor=2))
-    shard_p = param_shardings(state.params, mesh)
-    sharded = state.replace(params=jax.device_put(state.params, shard_p))
+    param_shards = param_shardings(state.params, mesh)
+    sharded = state.replace(params=jax.device_put(state.params, param_shards))
     sharded_batch = {k: jax.device_put(v, mesh_lib.logical_sharding(mesh, ("batch",) + (None,) * (v.ndim - 1)))
                      for k, v in batch.items()}
     with mesh_lib.use_mesh(mesh):
@@ -120,12 +120,13 @@ def test_layout_masks_forced_embtoken_and_handles_either_padding_side():
     left = np.zeros((2, 7), np.int32)
     left[:, 2:] = prompt
     valid_right, valid_left = (right > 0).astype(np.int32), (left > 0).astype(np.int32)
-    seqs_r = layout(jnp.asarray(right), jnp.asarray(valid_right), tokens, lengths, forced)
-    seqs_l = layout(jnp.asarray(left), jnp.asarray(valid_left), tokens, lengths, forced)
-    np.testing.assert_array_equal(seqs_r.gen_mask_bt, [[1, 1, 1, 0], [1, 1, 0, 0]])
-    np.testing.assert_array_equal(seqs_r.sampled_mask_bt, [[1, 1, 1, 0], [1, 0, 0, 0]])  # forced <embtoken> left out
-    logp_r, _, emb_r = teacher_forced(model, seqs_r, tokens, 1.0, 4, True)
-    logp_l, _, emb_l = teacher_forced(model, seqs_l, tokens, 1.0, 4, True)
+    seqs_right = layout(jnp.asarray(right), jnp.asarray(valid_right), tokens, lengths, forced)
+    seqs_left = layout(jnp.asarray(left), jnp.asarray(valid_left), tokens, lengths, forced)
+    np.testing.assert_array_equal(seqs_right.gen_mask_bt, [[1, 1, 1, 0], [1, 1, 0, 0]])
+    # row 1's forced <embtoken> is left out of the sampled mask
+    np.testing.assert_array_equal(seqs_right.sampled_mask_bt, [[1, 1, 1, 0], [1, 0, 0, 0]])
+    logp_right, _, emb_right = teacher_forced(model, seqs_right, tokens, 1.0, 4, True)
+    logp_left, _, emb_left = teacher_forced(model, seqs_left, tokens, 1.0, 4, True)
     # Reference: the unpadded sequence prompt + generation, log-softmax at each position.
     for b in range(2):
         n = int(lengths[b])
@@ -133,9 +134,9 @@ def test_layout_masks_forced_embtoken_and_handles_either_padding_side():
         hidden, _ = model(ids, jnp.arange(ids.shape[1])[None], jnp.ones_like(ids))
         logits = model.logits(hidden[0, 4:4 + n])
         want = jax.nn.log_softmax(logits, axis=-1)[jnp.arange(n), tokens[b, :n]]
-        np.testing.assert_allclose(np.asarray(logp_r[b, :n]), np.asarray(want), atol=1e-5)
-        np.testing.assert_allclose(np.asarray(logp_l[b, :n]), np.asarray(want), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(emb_l), np.asarray(emb_r), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(logp_right[b, :n]), np.asarray(want), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(logp_left[b, :n]), np.asarray(want), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(emb_left), np.asarray(emb_right), atol=1e-5)
 
 
 def test_natural_embtoken_fraction_counts_only_sampled_embtokens():

@@ -59,8 +59,8 @@ def test_tree_ah_round_trip_and_recall(tmp_path):
     scores2, rows2 = loaded.search_indices(q, 10)
     np.testing.assert_array_equal(rows2, rows)
     np.testing.assert_array_equal(scores2, scores)
-    _, id_bk = loaded.search(q[:2], 3)
-    assert id_bk.tolist() == [[ids[r] for r in row] for row in rows[:2, :3]]
+    _, ids_br = loaded.search(q[:2], 3)
+    assert ids_br.tolist() == [[ids[r] for r in row] for row in rows[:2, :3]]
     meta = json.load(open(tmp_path / "moved" / "meta.json"))
     assert meta["settings"]["mode"] == "tree_ah" and meta["dim"] == 64 and meta["fingerprint"] == "model-x"
 

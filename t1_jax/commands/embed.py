@@ -78,7 +78,7 @@ def read_query_rows(path: str, default_domain=None) -> tuple[list[str], list[str
     return ids, texts, domains
 
 
-def write_embeddings(out: str, ids, emb_nd, reasoning=None) -> list[str]:
+def write_embeddings(out: str, ids, emb_ed, reasoning=None) -> list[str]:
     """Write ``.npy`` (+ ids, + reasoning jsonl) or ``.jsonl``; returns the paths written."""
     import numpy as np
 
@@ -88,7 +88,7 @@ def write_embeddings(out: str, ids, emb_nd, reasoning=None) -> list[str]:
     if out.endswith(".jsonl"):
         rows = []
         for i, x in enumerate(ids):
-            row = {"id": x, "embedding": [float(v) for v in emb_nd[i]]}
+            row = {"id": x, "embedding": [float(v) for v in emb_ed[i]]}
             if reasoning is not None:
                 row["reasoning"] = reasoning[i]
             rows.append(json.dumps(row, ensure_ascii=False) + "\n")
@@ -99,7 +99,7 @@ def write_embeddings(out: str, ids, emb_nd, reasoning=None) -> list[str]:
     stem = out[:-len(".npy")]
     fs.makedirs(fs.dirname(out))
     with fs.open(out, "wb") as f:
-        np.save(f, np.asarray(emb_nd, np.float32))
+        np.save(f, np.asarray(emb_ed, np.float32))
     write_ids(stem + ".ids.txt", ids)
     written = [out, stem + ".ids.txt"]
     if reasoning is not None:

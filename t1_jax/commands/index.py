@@ -53,27 +53,27 @@ def run(args: argparse.Namespace) -> int:
         from t1_jax.retrieval.store import EmbeddingStore
 
         store = EmbeddingStore.open(args.store)
-        emb_nd, ids = store.read().astype(np.float32), store.ids
+        emb_ed, ids = store.read().astype(np.float32), store.ids
         fingerprint = store.fingerprint if args.fingerprint is None else args.fingerprint
     else:
         from t1_jax.retrieval.queries import load_embeddings
 
-        ids, emb_nd = load_embeddings(args.embeddings, args.ids, "document embeddings")
+        ids, emb_ed = load_embeddings(args.embeddings, args.ids, "document embeddings")
         fingerprint = args.fingerprint or ""
         if not args.no_normalize:
-            norms = np.linalg.norm(emb_nd, axis=1, keepdims=True)
+            norms = np.linalg.norm(emb_ed, axis=1, keepdims=True)
             if (norms == 0).any():
                 raise ValueError(f"{args.embeddings}: row {int(np.argmin(norms[:, 0]))} is all zeros")
-            emb_nd = emb_nd / norms
+            emb_ed = emb_ed / norms
     tune_queries = None
     if args.tune_queries:
         from t1_jax.retrieval.queries import load_npy
 
         tune_queries = np.asarray(load_npy(args.tune_queries, "tuning query embeddings"), np.float32)
-        if tune_queries.ndim != 2 or tune_queries.shape[1] != emb_nd.shape[1]:
-            raise ValueError(f"{args.tune_queries}: expected [num_queries, {emb_nd.shape[1]}] query embeddings, got "
+        if tune_queries.ndim != 2 or tune_queries.shape[1] != emb_ed.shape[1]:
+            raise ValueError(f"{args.tune_queries}: expected [num_queries, {emb_ed.shape[1]}] query embeddings, got "
                              f"shape {tune_queries.shape}")
-    index = build_index(emb_nd, ids, args.out, fingerprint, settings, tune_queries=tune_queries)
+    index = build_index(emb_ed, ids, args.out, fingerprint, settings, tune_queries=tune_queries)
     summary = {"out": args.out, "num_docs": index.num_docs, "dim": index.dim,
                "build_seconds": index.meta["build_seconds"], "settings": index.meta["settings"]}
     if "tuning" in index.meta:

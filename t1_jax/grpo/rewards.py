@@ -43,17 +43,17 @@ def _scores(q_emb, pool_emb_pd, labels_bp):
     return s_bgp, labels >= 0, labels > 0, labels
 
 
-def labels_from_ids(pool_ids_p: jax.Array, pos_ids_bp: jax.Array, grades_bp=None) -> jax.Array:
+def labels_from_ids(pool_ids_p: jax.Array, pos_ids_by: jax.Array, grades_by=None) -> jax.Array:
     """``labels_bp`` for a pool of documents identified by id (e.g. the gathered batch documents).
 
-    Item p is relevant to query b with the grade of the matching positive (``grades_bp``, default 1) when its id is one
-    of b's positive ids (``pos_ids_bp``, -1 padded), a candidate negative (0) otherwise, and not a candidate (-1) when
+    Item p is relevant to query b with the grade of the matching positive (``grades_by``, default 1) when its id is one
+    of b's positive ids (``pos_ids_by``, -1 padded), a candidate negative (0) otherwise, and not a candidate (-1) when
     its id is negative (padding).
     """
-    if grades_bp is None:
-        grades_bp = jnp.ones(pos_ids_bp.shape, jnp.float32)
-    match_bpk = (pool_ids_p[None, :, None] == pos_ids_bp[:, None, :]) & (pos_ids_bp[:, None, :] >= 0)
-    grade_bp = jnp.max(jnp.where(match_bpk, grades_bp.astype(jnp.float32)[:, None, :], 0.0), axis=-1)
+    if grades_by is None:
+        grades_by = jnp.ones(pos_ids_by.shape, jnp.float32)
+    match_bpy = (pool_ids_p[None, :, None] == pos_ids_by[:, None, :]) & (pos_ids_by[:, None, :] >= 0)
+    grade_bp = jnp.max(jnp.where(match_bpy, grades_by.astype(jnp.float32)[:, None, :], 0.0), axis=-1)
     return jnp.where(pool_ids_p[None, :] < 0, -1.0, grade_bp)
 
 
@@ -63,12 +63,12 @@ def ndcg_reward(q_emb, pool_emb_pd, labels_bp, forced_bg, lengths_bg, cfg) -> ja
     k = min(int(cfg.reward_k), s_bgp.shape[-1])
     gain_fn = GAINS[cfg.ndcg_gain]
     gains_b1p = jnp.where(cand, gain_fn(jnp.maximum(labels, 0.0)), 0.0)
-    discount_k = 1.0 / jnp.log2(jnp.arange(k, dtype=jnp.float32) + 2.0)
-    _, top_bgk = jax.lax.top_k(jnp.where(cand, s_bgp, -jnp.inf), k)
+    discount_r = 1.0 / jnp.log2(jnp.arange(k, dtype=jnp.float32) + 2.0)
+    _, top_bgr = jax.lax.top_k(jnp.where(cand, s_bgp, -jnp.inf), k)
     gains_bgp = jnp.broadcast_to(gains_b1p, s_bgp.shape)
-    dcg_bg = jnp.sum(jnp.take_along_axis(gains_bgp, top_bgk, axis=-1) * discount_k, axis=-1)
-    ideal_b1k, _ = jax.lax.top_k(gains_b1p, k)
-    idcg_b1 = jnp.sum(ideal_b1k * discount_k, axis=-1)
+    dcg_bg = jnp.sum(jnp.take_along_axis(gains_bgp, top_bgr, axis=-1) * discount_r, axis=-1)
+    ideal_b1r, _ = jax.lax.top_k(gains_b1p, k)
+    idcg_b1 = jnp.sum(ideal_b1r * discount_r, axis=-1)
     return jnp.where(idcg_b1 > 0, dcg_bg / jnp.where(idcg_b1 > 0, idcg_b1, 1.0), 0.0)
 
 

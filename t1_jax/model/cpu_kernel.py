@@ -1,6 +1,6 @@
 """The CPU few-row product kernel (``few_rows_kernel.cc``): built on first use, registered as an XLA FFI target.
 
-``few_rows_product(x_mc, w_nc)`` is ``x_mc @ w_nc.T`` in float32 for a few rows ``m`` against a whole weight matrix:
+``few_rows_product(x_flat, w_flat)`` is ``x_flat @ w_flat.T`` in float32 for a few rows against a whole weight matrix:
 a decode step's products (see the kernel source for why it is faster than XLA's reduction here, and
 docs/benchmarks.md, "Decode", for the measurements). :func:`available` says whether it can run; callers fall back to
 XLA otherwise, so nothing requires a compiler.
@@ -103,13 +103,14 @@ def available() -> bool:
     return True
 
 
-def few_rows_product(x_mc: jax.Array, w_nc: jax.Array) -> jax.Array:
-    """``x_mc @ w_nc.T`` by the kernel: float32 ``x [M, C]`` and ``w [N, C]`` -> float32 ``[M, N]``. Call only when
-    :func:`available` is true (the FFI target must be registered)."""
-    if x_mc.dtype != jnp.float32 or w_nc.dtype != jnp.float32 or x_mc.ndim != 2 or w_nc.ndim != 2:
-        raise ValueError(f"few_rows_product takes float32 [M, C] and [N, C]; got {x_mc.dtype}{x_mc.shape}, "
-                         f"{w_nc.dtype}{w_nc.shape}")
-    if x_mc.shape[1] != w_nc.shape[1]:
-        raise ValueError(f"few_rows_product: contracted sizes differ: {x_mc.shape} vs {w_nc.shape}")
-    out = jax.ShapeDtypeStruct((x_mc.shape[0], w_nc.shape[0]), jnp.float32)
-    return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x_mc, w_nc)
+def few_rows_product(x_flat: jax.Array, w_flat: jax.Array) -> jax.Array:
+    """``x_flat @ w_flat.T`` by the kernel: float32 ``x [R, C]`` and ``w [O, C]`` (rows, outputs, contracted; flat
+    operands, as in ``precision.py``) -> float32 ``[R, O]``. Call only when :func:`available` is true (the FFI target
+    must be registered)."""
+    if x_flat.dtype != jnp.float32 or w_flat.dtype != jnp.float32 or x_flat.ndim != 2 or w_flat.ndim != 2:
+        raise ValueError(f"few_rows_product takes float32 [R, C] and [O, C]; got {x_flat.dtype}{x_flat.shape}, "
+                         f"{w_flat.dtype}{w_flat.shape}")
+    if x_flat.shape[1] != w_flat.shape[1]:
+        raise ValueError(f"few_rows_product: contracted sizes differ: {x_flat.shape} vs {w_flat.shape}")
+    out = jax.ShapeDtypeStruct((x_flat.shape[0], w_flat.shape[0]), jnp.float32)
+    return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x_flat, w_flat)

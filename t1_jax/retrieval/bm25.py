@@ -67,17 +67,17 @@ class BM25Index:
         self._bm25.index(tokens, show_progress=False)
 
     def search(self, query_texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores_bk, doc_ids_bk)``; k is capped at the corpus size."""
+        """``(scores_br, doc_ids_br)``; k is capped at the corpus size."""
         if len(query_texts) == 0:
             raise ValueError("BM25: the query set is empty")
         k = min(k, len(self.doc_ids))
         tokens = self._tokenizer.tokenize(_prepare(query_texts), update_vocab=False, return_as="tuple",
                                           show_progress=False)
-        idx_bk, scores_bk = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=0)
-        return np.asarray(scores_bk, dtype=np.float64), self.doc_ids[np.asarray(idx_bk)]
+        idx_br, scores_br = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=0)
+        return np.asarray(scores_br, dtype=np.float64), self.doc_ids[np.asarray(idx_br)]
 
     def scores(self, query_text: str) -> np.ndarray:
-        """float64 ``[N]``: the BM25 score of every document (in index order) for one query."""
+        """float64 ``[E]``: the BM25 score of every document (in index order) for one query."""
         tokens = self._tokenizer.tokenize(_prepare([query_text]), update_vocab=False, return_as="tuple",
                                           show_progress=False)
         unknown = tokens.vocab.get("")  # the id bm25s gives a query with no indexed word
@@ -90,6 +90,6 @@ class BM25Index:
 def bm25_run(doc_ids: Sequence[str], doc_texts: Sequence[str], query_ids: Sequence[str], query_texts: Sequence[str],
              k: int = 100, settings: BM25Settings = BM25Settings()) -> dict[str, dict[str, float]]:
     """``{qid: {docid: score}}`` of the top-k BM25 documents of each query (zero-score documents dropped)."""
-    scores_bk, ids_bk = BM25Index(doc_ids, doc_texts, settings).search(query_texts, k)
+    scores_br, ids_br = BM25Index(doc_ids, doc_texts, settings).search(query_texts, k)
     return {qid: {str(d): float(s) for d, s in zip(ids, scores) if s > 0}
-            for qid, ids, scores in zip(query_ids, ids_bk, scores_bk)}
+            for qid, ids, scores in zip(query_ids, ids_br, scores_br)}

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from t1_jax import fs
-from t1_jax.config_sections import INDEX_MODES, RetrievalConfig
+from t1_jax.config_sections_inference import INDEX_MODES, RetrievalConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ def settings_from_config(cfg) -> IndexSettings:
                          leaves_fraction=cfg.leaves_fraction, target_recall=cfg.target_recall)
 
 
-def _builder(emb_nd: np.ndarray, s: IndexSettings):
+def _builder(emb_ed: np.ndarray, s: IndexSettings):
     from scann.scann_ops.py import scann_ops_pybind
 
-    builder = scann_ops_pybind.builder(emb_nd, s.num_neighbors, "dot_product")
+    builder = scann_ops_pybind.builder(emb_ed, s.num_neighbors, "dot_product")
     if s.training_threads:
         builder = builder.set_n_training_threads(s.training_threads)
     if s.mode == "brute_force":
@@ -132,7 +132,7 @@ class Index:
 
     def search_indices(self, q_bd, k: int, leaves_to_search: Optional[int] = None,
                        reorder_k: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores_bk float32, rows_bk int64)``; rows past what ScaNN returns are -1 with score -inf."""
+        """``(scores_br float32, rows_br int64)``; rows past what ScaNN returns are -1 with score -inf."""
         q_bd = np.ascontiguousarray(q_bd, dtype=np.float32)
         if q_bd.ndim != 2 or q_bd.shape[1] != self.dim:
             raise ValueError(f"queries must be [batch, {self.dim}], got shape {q_bd.shape}")
@@ -154,7 +154,7 @@ class Index:
         return scores, rows
 
     def search(self, q_bd, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores_bk, ids_bk)`` with document ids (``None`` where no result)."""
+        """``(scores_br, ids_br)`` with document ids (``None`` where no result)."""
         scores, rows = self.search_indices(q_bd, k, **kwargs)
         ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], None)
         return scores, ids
@@ -170,18 +170,18 @@ class Index:
             fs.write_text(os.path.join(local_dir, "meta.json"), json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
 
 
-def build_index(emb_nd, ids: Sequence[str], out_dir: Optional[str] = None, fingerprint: str = "",
+def build_index(emb_ed, ids: Sequence[str], out_dir: Optional[str] = None, fingerprint: str = "",
                 settings: Optional[IndexSettings] = None, tune_queries: Optional[np.ndarray] = None) -> Index:
-    """Build a ScaNN index over ``emb_nd`` [n, d] (inner product); serialize it to ``out_dir`` when given.
+    """Build a ScaNN index over ``emb_ed`` [n, d] (inner product); serialize it to ``out_dir`` when given.
 
     ``tune_queries`` [m, d]: query embeddings to tune the search on (default: sampled documents)."""
     import scann
 
-    emb_nd = np.ascontiguousarray(emb_nd, dtype=np.float32)
-    if emb_nd.ndim != 2 or emb_nd.shape[0] == 0:
-        raise ValueError(f"index: expected a non-empty [num_docs, dim] array, got shape {emb_nd.shape}")
-    if len(ids) != emb_nd.shape[0]:
-        raise ValueError(f"index: {len(ids)} ids for {emb_nd.shape[0]} embeddings")
+    emb_ed = np.ascontiguousarray(emb_ed, dtype=np.float32)
+    if emb_ed.ndim != 2 or emb_ed.shape[0] == 0:
+        raise ValueError(f"index: expected a non-empty [num_docs, dim] array, got shape {emb_ed.shape}")
+    if len(ids) != emb_ed.shape[0]:
+        raise ValueError(f"index: {len(ids)} ids for {emb_ed.shape[0]} embeddings")
     seen: dict[str, int] = {}
     for row, x in enumerate(ids):
         if x in seen:
@@ -190,35 +190,35 @@ def build_index(emb_nd, ids: Sequence[str], out_dir: Optional[str] = None, finge
             raise ValueError(f"index: document id {x!r} (row {row}) is empty or contains whitespace; TREC runs "
                              f"separate fields by whitespace")
         seen[x] = row
-    if not np.isfinite(emb_nd).all():
+    if not np.isfinite(emb_ed).all():
         raise ValueError("index: embeddings contain NaN or infinite values")
     requested = settings or IndexSettings()
-    resolved = requested.resolve(emb_nd.shape[0])
-    if tune_queries is not None and (np.ndim(tune_queries) != 2 or np.shape(tune_queries)[1] != emb_nd.shape[1]):
-        raise ValueError(f"index: tuning queries must be [num_queries, {emb_nd.shape[1]}], got shape "
+    resolved = requested.resolve(emb_ed.shape[0])
+    if tune_queries is not None and (np.ndim(tune_queries) != 2 or np.shape(tune_queries)[1] != emb_ed.shape[1]):
+        raise ValueError(f"index: tuning queries must be [num_queries, {emb_ed.shape[1]}], got shape "
                          f"{np.shape(tune_queries)}")
     t0 = time.time()
-    searcher = _builder(emb_nd, resolved).build()
+    searcher = _builder(emb_ed, resolved).build()
     build_s = time.time() - t0
-    log.info("built %s index over %d x %d in %.1fs", resolved.mode, *emb_nd.shape, build_s)
-    meta = {"format": FORMAT, "num_docs": int(emb_nd.shape[0]), "dim": int(emb_nd.shape[1]),
+    log.info("built %s index over %d x %d in %.1fs", resolved.mode, *emb_ed.shape, build_s)
+    meta = {"format": FORMAT, "num_docs": int(emb_ed.shape[0]), "dim": int(emb_ed.shape[1]),
             "fingerprint": fingerprint, "settings": dataclasses.asdict(resolved),
             "scann_version": getattr(scann, "__version__", "unknown"), "build_seconds": round(build_s, 3)}
     index = Index(searcher, ids, meta)
     tune_leaves, tune_reorder = requested.num_leaves_to_search == 0, requested.reorder_k == 0
-    tunable = resolved.mode == "tree_ah" and resolved.target_recall > 0 and emb_nd.shape[0] > 1
+    tunable = resolved.mode == "tree_ah" and resolved.target_recall > 0 and emb_ed.shape[0] > 1
     if tunable and (tune_leaves or tune_reorder):
-        _tune(index, emb_nd, resolved, tune_queries, tune_leaves, tune_reorder)
+        _tune(index, emb_ed, resolved, tune_queries, tune_leaves, tune_reorder)
     if out_dir:
         index.save(out_dir)
     return index
 
 
-def _tune(index: Index, emb_nd: np.ndarray, s: IndexSettings, queries, tune_leaves: bool, tune_reorder: bool) -> None:
+def _tune(index: Index, emb_ed: np.ndarray, s: IndexSettings, queries, tune_leaves: bool, tune_reorder: bool) -> None:
     from t1_jax.retrieval.tune import tune_search
 
     t0 = time.time()
-    result = tune_search(index, emb_nd, s.target_recall, k=10, queries=queries, num_queries=s.tune_queries,
+    result = tune_search(index, emb_ed, s.target_recall, k=10, queries=queries, num_queries=s.tune_queries,
                          tune_leaves=tune_leaves, tune_reorder=tune_reorder)
     tuned = dataclasses.replace(s, num_leaves_to_search=result.num_leaves_to_search, reorder_k=result.reorder_k)
     index.settings = tuned

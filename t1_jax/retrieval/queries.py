@@ -51,22 +51,22 @@ def load_npy(path: str, what: str = "embeddings") -> np.ndarray:
 
 
 def load_embeddings(path: str, ids_path: Optional[str], what: str = "embeddings") -> tuple[list[str], np.ndarray]:
-    """``(ids, x_nd float32)`` from ``.npy`` + ids file; checks shape, row count, finiteness and unique ids."""
+    """``(ids, emb float32)`` from ``.npy`` + ids file; checks shape, row count, finiteness and unique ids."""
     if not ids_path:
         raise ValueError(f"{path}: a .npy file of {what} needs its ids file (one id per line, same order)")
-    x_nd = load_npy(path, what)
-    if x_nd.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D array [rows, dim] of {what}, got shape {x_nd.shape}")
+    emb = load_npy(path, what)
+    if emb.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D array [rows, dim] of {what}, got shape {emb.shape}")
     ids = read_ids(ids_path)
-    if len(ids) != x_nd.shape[0]:
-        raise DataError(f"{ids_path}: {len(ids)} ids for {x_nd.shape[0]} rows of {path}")
+    if len(ids) != emb.shape[0]:
+        raise DataError(f"{ids_path}: {len(ids)} ids for {emb.shape[0]} rows of {path}")
     if not ids:
         raise DataError(f"{path}: no {what} (empty)")
     check_unique(ids, ids_path)
-    x_nd = np.asarray(x_nd, dtype=np.float32)
-    if not np.isfinite(x_nd).all():
+    emb = np.asarray(emb, dtype=np.float32)
+    if not np.isfinite(emb).all():
         raise DataError(f"{path}: {what} contain NaN or infinite values")
-    return ids, x_nd
+    return ids, emb
 
 
 def load_query_embeddings(path: str, ids_path: Optional[str] = None) -> tuple[list[str], np.ndarray, dict[str, str]]:
@@ -92,13 +92,13 @@ def load_query_embeddings(path: str, ids_path: Optional[str] = None) -> tuple[li
 
 def search_to_run(index, q_bd: np.ndarray, query_ids: Sequence[str], k: int,
                   batch_size: int = 1024) -> dict[str, dict[str, float]]:
-    """Search ``index`` (anything with ``.search(q_bd, k) -> (scores_bk, ids_bk)``) in batches -> TREC-style run."""
+    """Search ``index`` (anything with ``.search(q_bd, k) -> (scores_br, ids_br)``) in batches -> TREC-style run."""
     from t1_jax.retrieval.trec import run_from_arrays
 
     if len(query_ids) == 0:
         raise ValueError("search: the query set is empty")
     run: dict[str, dict[str, float]] = {}
     for start in range(0, len(query_ids), batch_size):
-        scores_bk, ids_bk = index.search(q_bd[start:start + batch_size], k)
-        run.update(run_from_arrays(query_ids[start:start + batch_size], scores_bk, ids_bk))
+        scores_br, ids_br = index.search(q_bd[start:start + batch_size], k)
+        run.update(run_from_arrays(query_ids[start:start + batch_size], scores_br, ids_br))
     return run

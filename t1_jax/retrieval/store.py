@@ -138,18 +138,18 @@ class EmbeddingStore:
         return start, min(start + self.chunk_rows, self.num_docs)
 
     # ---- writing and reading -----------------------------------------------------------------------------------
-    def write_chunk(self, start: int, emb_nd: np.ndarray) -> None:
+    def write_chunk(self, start: int, emb_ed: np.ndarray) -> None:
         """Write the whole chunk that begins at row ``start``, then its done-marker."""
         if start % self.chunk_rows or not 0 <= start < self.num_docs:
             raise ValueError(f"chunk start {start} is not a chunk boundary (chunk_rows={self.chunk_rows}, "
                              f"num_docs={self.num_docs})")
         chunk = start // self.chunk_rows
         stop = self.chunk_range(chunk)[1]
-        if emb_nd.shape != (stop - start, self.dim):
-            raise ValueError(f"chunk {chunk} needs shape {(stop - start, self.dim)}, got {emb_nd.shape}")
-        if not np.isfinite(emb_nd).all():
+        if emb_ed.shape != (stop - start, self.dim):
+            raise ValueError(f"chunk {chunk} needs shape {(stop - start, self.dim)}, got {emb_ed.shape}")
+        if not np.isfinite(emb_ed).all():
             raise ValueError(f"chunk {chunk} (rows {start}..{stop - 1}) has NaN or infinite embeddings")
-        self._array[start:stop].write(np.asarray(emb_nd, dtype=_DTYPES[self.dtype])).result()
+        self._array[start:stop].write(np.asarray(emb_ed, dtype=_DTYPES[self.dtype])).result()
         # The marker's content is never read (only its key): the row range, so it is not an empty object, which
         # some GCS servers (the test emulator) cannot receive.
         self._kv.write(f"done/{chunk:08d}", f"{start}:{stop}\n".encode()).result()
@@ -288,10 +288,10 @@ def encode_corpus(doc_iter: Iterable[tuple[str, str]] | Callable[[], Iterable[tu
                                      f"{(len(batch), dim)})")
                 parts.append(emb)
                 bar.update(len(batch))
-            emb_nd = np.concatenate(parts)
+            emb_ed = np.concatenate(parts)
             if normalize:
-                emb_nd = emb_nd / np.maximum(np.linalg.norm(emb_nd, axis=1, keepdims=True), 1e-12)
-            store.write_chunk(start, emb_nd)
+                emb_ed = emb_ed / np.maximum(np.linalg.norm(emb_ed, axis=1, keepdims=True), 1e-12)
+            store.write_chunk(start, emb_ed)
     except KeyboardInterrupt:
         bar.close()
         raise EncodeInterrupted(store) from None

@@ -53,13 +53,13 @@ def write_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str = "t1"
     fs.write_text(path, "".join(lines))  # local: written beside and renamed; gs://: one object
 
 
-def run_from_arrays(query_ids: Sequence[str], scores_bk: np.ndarray, doc_ids_bk) -> dict[str, dict[str, float]]:
-    """``{qid: {docid: score}}`` from top-k arrays (``doc_ids_bk`` may hold strings or be an object array)."""
-    scores_bk = np.asarray(scores_bk, dtype=np.float64)
-    if scores_bk.shape[0] != len(query_ids):
-        raise ValueError(f"{len(query_ids)} query ids for {scores_bk.shape[0]} rows of scores")
+def run_from_arrays(query_ids: Sequence[str], scores_br: np.ndarray, doc_ids_br) -> dict[str, dict[str, float]]:
+    """``{qid: {docid: score}}`` from top-k arrays (``doc_ids_br`` may hold strings or be an object array)."""
+    scores_br = np.asarray(scores_br, dtype=np.float64)
+    if scores_br.shape[0] != len(query_ids):
+        raise ValueError(f"{len(query_ids)} query ids for {scores_br.shape[0]} rows of scores")
     run = {}
-    for qid, scores, docs in zip(query_ids, scores_bk, doc_ids_bk):
+    for qid, scores, docs in zip(query_ids, scores_br, doc_ids_br):
         run[qid] = {str(d): float(s) for d, s in zip(docs, scores) if np.isfinite(s)}
     return run
 

@@ -43,35 +43,36 @@ class TuneResult:
                 f"{self.reorder_k}, {len(self.trials)} trial(s)")
 
 
-def exact_top_k(q_md: np.ndarray, emb_nd: np.ndarray, k: int, exclude_rows: Optional[np.ndarray] = None,
+def exact_top_k(q_bd: np.ndarray, emb_ed: np.ndarray, k: int, exclude_rows: Optional[np.ndarray] = None,
                 block: int = 65_536) -> np.ndarray:
-    """Row indices [m, k] of the k largest inner products per query (float32 scan in blocks of documents).
+    """Row indices [B, R] (R = k) of the k largest inner products per query (float32 scan in blocks of documents).
 
     numpy, not ``ExactIndex``: it runs while ScaNN holds its copy of the corpus, and a JAX copy on top would double
     the memory of a 1M x 2560 build; blocks also read a memory-mapped corpus without loading it whole.
 
     ``exclude_rows[i]`` (when given) is a document row that query ``i`` must not return (its own row)."""
-    m = q_md.shape[0]
-    best_s = np.full((m, k), -np.inf, np.float32)
-    best_r = np.full((m, k), -1, np.int64)
-    for start in range(0, emb_nd.shape[0], block):
-        s_mb = q_md @ emb_nd[start:start + block].T
+    b = q_bd.shape[0]
+    best_s_br = np.full((b, k), -np.inf, np.float32)
+    best_rows_br = np.full((b, k), -1, np.int64)
+    for start in range(0, emb_ed.shape[0], block):
+        s_be = q_bd @ emb_ed[start:start + block].T
         if exclude_rows is not None:
             local = exclude_rows - start
-            hit = (local >= 0) & (local < s_mb.shape[1])
-            s_mb[np.nonzero(hit)[0], local[hit]] = -np.inf
-        s_all = np.concatenate([best_s, s_mb], axis=1)
-        r_all = np.concatenate([best_r, np.broadcast_to(np.arange(start, start + s_mb.shape[1]), s_mb.shape)], axis=1)
+            hit = (local >= 0) & (local < s_be.shape[1])
+            s_be[np.nonzero(hit)[0], local[hit]] = -np.inf
+        s_all = np.concatenate([best_s_br, s_be], axis=1)
+        rows_be = np.broadcast_to(np.arange(start, start + s_be.shape[1]), s_be.shape)
+        rows_all = np.concatenate([best_rows_br, rows_be], axis=1)
         top = np.argpartition(-s_all, k - 1, axis=1)[:, :k]
-        best_s = np.take_along_axis(s_all, top, axis=1)
-        best_r = np.take_along_axis(r_all, top, axis=1)
-    return best_r
+        best_s_br = np.take_along_axis(s_all, top, axis=1)
+        best_rows_br = np.take_along_axis(rows_all, top, axis=1)
+    return best_rows_br
 
 
-def recall_at_k(got_mk: np.ndarray, ref_mk: np.ndarray) -> float:
+def recall_at_k(got_br: np.ndarray, ref_br: np.ndarray) -> float:
     """Mean over queries of |got ∩ ref| / k (the usual ANN recall@k)."""
-    k = ref_mk.shape[1]
-    return float(np.mean([len(set(g[:k].tolist()) & set(r.tolist())) / k for g, r in zip(got_mk, ref_mk)]))
+    k = ref_br.shape[1]
+    return float(np.mean([len(set(g[:k].tolist()) & set(r.tolist())) / k for g, r in zip(got_br, ref_br)]))
 
 
 def _schedule(start: int, stop: int) -> list[int]:
@@ -82,23 +83,23 @@ def _schedule(start: int, stop: int) -> list[int]:
     return values + [stop]
 
 
-def tune_search(index, emb_nd: np.ndarray, target: float, k: int = 10, queries: Optional[np.ndarray] = None,
+def tune_search(index, emb_ed: np.ndarray, target: float, k: int = 10, queries: Optional[np.ndarray] = None,
                 num_queries: int = 500, seed: int = 0, tune_leaves: bool = True,
                 tune_reorder: bool = True) -> TuneResult:
-    """Walk the schedule in the module docstring on ``index`` (an ``Index`` built over ``emb_nd``)."""
+    """Walk the schedule in the module docstring on ``index`` (an ``Index`` built over ``emb_ed``)."""
     s = index.settings
-    n = emb_nd.shape[0]
+    n = emb_ed.shape[0]
     k = min(k, n - 1)
     if queries is None:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=min(num_queries, n), replace=False))
-        q_md, exclude, source = emb_nd[rows], rows, "documents"
+        q_bd, exclude, source = emb_ed[rows], rows, "documents"
     else:
-        q_md, exclude, source = np.ascontiguousarray(queries, dtype=np.float32), None, "queries"
-    ref = exact_top_k(q_md, emb_nd, k, exclude)
+        q_bd, exclude, source = np.ascontiguousarray(queries, dtype=np.float32), None, "queries"
+    ref = exact_top_k(q_bd, emb_ed, k, exclude)
 
     def measure(leaves: int, reorder: int) -> float:
         extra = 0 if exclude is None else 1
-        _, got = index.search_indices(q_md, k + extra, leaves_to_search=leaves, reorder_k=max(reorder, k + extra))
+        _, got = index.search_indices(q_bd, k + extra, leaves_to_search=leaves, reorder_k=max(reorder, k + extra))
         if exclude is not None:  # drop each query's own row, keep the first k of the rest
             got = np.stack([r[r != own][:k] for r, own in zip(got, exclude)])
         return recall_at_k(got, ref)
@@ -116,4 +117,4 @@ def tune_search(index, emb_nd: np.ndarray, target: float, k: int = 10, queries: 
         if trials[-1][2] >= target:
             break
     leaves, reorder, recall = trials[-1]
-    return TuneResult(leaves, reorder, recall, recall >= target, k, len(q_md), source, tuple(trials))
+    return TuneResult(leaves, reorder, recall, recall >= target, k, len(q_bd), source, tuple(trials))

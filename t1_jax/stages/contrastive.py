@@ -78,11 +78,11 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
                                        mask_duplicates=lcfg.mask_duplicates)
     shards = batch_shard_count(mesh)
 
-    def infonce_on(q_bd, d_nd, batch):
+    def infonce_on(q_bd, d_ed, batch):
         # The pipeline numbers positives within a host's documents; each query's documents stay on its own shard,
         # so the column within the shard (what gathered_infonce takes) is that number modulo the shard's count.
-        pos_col = batch["pos_col"] % (d_nd.shape[0] // shards)
-        return contrast(q_bd, d_nd, batch["doc_keys"], pos_col, batch["pos_keys"])
+        pos_col = batch["pos_col"] % (d_ed.shape[0] // shards)
+        return contrast(q_bd, d_ed, batch["doc_keys"], pos_col, batch["pos_keys"])
 
     def ce_divisor(batch, ce_count):
         """The micro-batch's own target count, or under accumulation the step's count / grad_accum_steps."""
@@ -102,8 +102,8 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
         del rng
         model = nnx.merge(graphdef, params)
         q_bd, q_hidden = embed_last(model, batch["q_ids"], batch["q_valid"], normalize)
-        d_nd, _ = embed_last(model, batch["d_ids"], batch["d_valid"], normalize)
-        nce, nce_metrics = infonce_on(q_bd, d_nd, batch)
+        d_ed, _ = embed_last(model, batch["d_ids"], batch["d_valid"], normalize)
+        nce, nce_metrics = infonce_on(q_bd, d_ed, batch)
         ce_sum, ce_count = (_reasoning_ce(model, q_hidden, batch["q_ids"], batch["q_loss"], lcfg.ce_chunk_size)
                             if with_reasoning else (0.0, 0.0))
         return finish(nce, nce_metrics, ce_sum, ce_divisor(batch, ce_count))
@@ -124,10 +124,10 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
         def embed_chunk(p, q_ids, q_valid, q_loss, d_ids, d_valid):
             model = nnx.merge(graphdef, p)
             q_bd, q_hidden = embed_last(model, q_ids, q_valid, normalize)
-            d_nd, _ = embed_last(model, d_ids, d_valid, normalize)
+            d_ed, _ = embed_last(model, d_ids, d_valid, normalize)
             ce = (_reasoning_ce(model, q_hidden, q_ids, q_loss, lcfg.ce_chunk_size) if with_reasoning
                   else (jnp.zeros(()), jnp.zeros(())))
-            return q_bd, d_nd, ce
+            return q_bd, d_ed, ce
 
         d_groups = batch["d_ids"].reshape(b, per_doc, -1), batch["d_valid"].reshape(b, per_doc, -1)
         xs = tuple(_split_chunks(x, chunks) for x in (batch["q_ids"], batch["q_valid"], batch["q_loss"]) + d_groups)
@@ -138,17 +138,17 @@ def make_loss_fn(cfg: ExperimentConfig, graphdef, mesh: Mesh) -> Callable:
                 return embed_chunk(p, q_ids, q_valid, q_loss, d_ids.reshape(-1, d_ids.shape[-1]),
                                    d_valid.reshape(-1, d_valid.shape[-1]))
 
-            q_cbd, d_cnd, (ce_sum_c, ce_cnt_c) = jax.lax.map(one, xs)
-            d_nd = _merge_chunks(d_cnd.reshape(chunks, -1, per_doc, d_cnd.shape[-1])).reshape(-1, d_cnd.shape[-1])
-            return _merge_chunks(q_cbd), d_nd, jnp.sum(ce_sum_c), jnp.sum(ce_cnt_c)
+            q_cbd, d_ced, (ce_sum_c, ce_cnt_c) = jax.lax.map(one, xs)
+            d_ed = _merge_chunks(d_ced.reshape(chunks, -1, per_doc, d_ced.shape[-1])).reshape(-1, d_ced.shape[-1])
+            return _merge_chunks(q_cbd), d_ed, jnp.sum(ce_sum_c), jnp.sum(ce_cnt_c)
 
         # Embeddings of every chunk; under jax.checkpoint each chunk keeps only its inputs for the backward pass.
         q_re, d_re, ce_sum_re, ce_count = embed_all(params)
         ce_count = ce_divisor(batch, ce_count)
-        q_bd, d_nd, ce_sum = jax.lax.stop_gradient((q_re, d_re, ce_sum_re))
+        q_bd, d_ed, ce_sum = jax.lax.stop_gradient((q_re, d_re, ce_sum_re))
         # The loss and its gradient with respect to the (constant) embeddings, over the whole gathered batch.
         (nce, nce_metrics), (g_q, g_d) = jax.value_and_grad(
-            lambda q, d: infonce_on(q, d, batch), argnums=(0, 1), has_aux=True)(q_bd, d_nd)
+            lambda q, d: infonce_on(q, d, batch), argnums=(0, 1), has_aux=True)(q_bd, d_ed)
         # A surrogate whose gradient w.r.t. params is the true gradient; back-propagated chunk by chunk.
         surrogate = jnp.sum(q_re * g_q) + jnp.sum(d_re * g_d)
         if with_reasoning:

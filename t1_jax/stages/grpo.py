@@ -92,8 +92,8 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
 
     def embed_docs(params, batch):
         model = nnx.merge(graphdef, params)
-        d_nd, _ = embed_last(model, batch["d_ids"], batch["d_valid"], normalize)
-        return jax.lax.stop_gradient(d_nd)
+        d_ed, _ = embed_last(model, batch["d_ids"], batch["d_valid"], normalize)
+        return jax.lax.stop_gradient(d_ed)
 
     def step(state: TrainState, batch: dict, tx: optax.GradientTransformation, schedule, frozen=None):
         rng, sample_rng = jax.random.split(state.rng)
@@ -105,12 +105,12 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
         seqs = layout(prompts, prompt_valid, tokens, rollout.lengths_b, rollout.forced_b | rollout.stopped_eos_b)
 
         pool_params = state.extra["pool_params"] if g.pool_refresh_every else state.params
-        d_nd = embed_docs(pool_params, batch)
+        d_ed = embed_docs(pool_params, batch)
         labels_bp = labels_from_ids(batch["doc_keys"], batch["pos_keys"])
         q_bgd = rollout.embedding_bd.reshape(b, group, -1)
         forced_bg = rollout.forced_b.reshape(b, group)
         lengths_bg = rollout.lengths_b.reshape(b, group)
-        rewards_bg, reward_metrics = combined_reward(g.rewards, q_bgd, d_nd, labels_bp, forced_bg, lengths_bg, g)
+        rewards_bg, reward_metrics = combined_reward(g.rewards, q_bgd, d_ed, labels_bp, forced_bg, lengths_bg, g)
         if g.shuffle_rewards:  # the control: each rollout gets another rollout's reward
             rng, shuffle_rng = jax.random.split(rng)
             rewards_bg = jax.random.permutation(shuffle_rng, rewards_bg.reshape(-1)).reshape(rewards_bg.shape)
@@ -138,7 +138,7 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
             mask = seqs.sampled_mask_bt.astype(jnp.float32)
             metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             if g.aux_infonce_weight:
-                aux, aux_metrics = losses.infonce(emb, d_nd, batch["doc_keys"], pos_col, pos_keys,
+                aux, aux_metrics = losses.infonce(emb, d_ed, batch["doc_keys"], pos_col, pos_keys,
                                                   cfg.loss.temperature)
                 loss = loss + g.aux_infonce_weight * aux
                 metrics["aux_infonce"] = aux
@@ -149,7 +149,7 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(carry.params)
             return apply_gradients(carry, grads, tx), (loss, metrics, optax.tree.norm(grads))
 
-        new_state, (loss_m, metrics_m, grad_norm_m) = jax.lax.scan(inner, state, None, length=g.inner_steps)
+        new_state, (loss_inner, metrics_inner, grad_norm_inner) = jax.lax.scan(inner, state, None, length=g.inner_steps)
         extra = new_state.extra
         if g.pool_refresh_every:
             outer = new_state.step // g.inner_steps
@@ -159,10 +159,10 @@ def make_grpo_step(cfg: ExperimentConfig, graphdef, sample_fn: Callable) -> Call
         new_state = new_state.replace(rng=rng, extra=extra)
         lengths = rollout.lengths_b.astype(jnp.float32)
         metrics = {
-            "loss": loss_m[0],  # the first inner update: on-policy
-            **{k: v[0] for k, v in metrics_m.items()},
+            "loss": loss_inner[0],  # the first inner update: on-policy
+            **{k: v[0] for k, v in metrics_inner.items()},
             **reward_metrics,
-            "grad_norm": grad_norm_m[0],
+            "grad_norm": grad_norm_inner[0],
             **update_metrics(state.params, new_state.params),  # all inner updates of this step
             "lr": schedule(state.step),
             # <embtoken> drawn by the policy itself: neither forced at the budget nor appended after an EOS
