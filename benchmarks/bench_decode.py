@@ -14,8 +14,8 @@ bandwidth: the best of a jitted float32 sum over a 1 GiB array (2 threads) and n
 bandwidth). A last line per side sets its least-disturbed step (the fastest) against the highest bandwidth seen: on a
 VM whose neighbours come and go, the pair least affected by them.
 
-Ours decodes with its weights prepared once (per-layer split, 2 MiB pages: ``--small-pages`` leaves them on 4 KiB
-pages) and its few-row CPU kernel (``t1_jax/model/cpu_kernel.py``; ``T1_CPU_KERNELS=0`` runs XLA's reduction instead).
+Ours decodes with its weights prepared once, as the engine and ``t1 generate`` do (per-layer split, 2 MiB pages:
+``--small-pages`` leaves them on 4 KiB pages).
 
     python benchmarks/bench_decode.py                 # Qwen3-0.6B shape (28 layers)
     python benchmarks/bench_decode.py --layers 8      # the 0.6B widths with fewer layers (faster)
@@ -71,7 +71,6 @@ def main() -> int:
     from t1_jax.model.hf import import_hf
     from t1_jax.model.presets import PRESETS
     from t1_jax.model.counts import layer_shapes
-    from t1_jax.model import cpu_kernel
     from t1_jax.sampler import layer_weights, sample
 
     torch.set_num_threads(os.cpu_count())
@@ -156,8 +155,7 @@ def main() -> int:
           f"({os.cpu_count()} cores), torch threads {torch.get_num_threads()}; {args.repeats} runs each")
     print(f"batch {args.batch}, prompt {args.prompt}, new tokens {args.new}; greedy tokens identical: {same}; "
           f"our first call incl. compile {compile_s:.1f}s; decode weights prepared in {prepare_s:.1f}s "
-          f"({'4 KiB' if args.small_pages else 'huge'} pages); few-row kernel: "
-          f"{'on' if cpu_kernel.available() else 'off (XLA reduction)'}")
+          f"({'4 KiB' if args.small_pages else 'huge'} pages)")
     print(f"read bandwidth median {bandwidth / 1e9:.1f} GB/s (range {bandwidths.min() / 1e9:.1f}-"
           f"{bandwidths.max() / 1e9:.1f}); bytes per decode step: weights {weight_bytes / 1e9:.3f} GB + "
           f"KV cache {kv_bytes / 1e6:.1f} MB -> roofline {roofline_s * 1e3:.1f} ms/step "

@@ -1,8 +1,6 @@
 """Few-row products on CPU (decode steps): the fused multiply-reduce path of weight_einsum is taken for 2-16 rows
 only, equals a float64 reference, keeps the float32 weight gradient, and two products of one activation with
-same-shaped weights (k and v) do not share one broadcast (which XLA would write to memory). Float32 few-row products
-go to the CPU kernel where it builds (tests/test_cpu_kernel.py); these tests run both routes: the kernel and the XLA
-multiply-reduce it replaces (the route of hosts without a compiler, of non-x86 hosts and of bf16 operands)."""
+same-shaped weights (k and v) do not share one broadcast (which XLA would write to memory)."""
 import re
 
 import jax
@@ -10,17 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t1_jax.model import cpu_kernel
 from t1_jax.model.precision import FEW_ROWS, weight_einsum
-
-
-@pytest.fixture(params=["kernel", "xla"])
-def route(request, monkeypatch):
-    if request.param == "xla":
-        monkeypatch.setattr(cpu_kernel, "available", lambda: False)
-    elif not cpu_kernel.available():
-        pytest.skip("the CPU kernel does not build on this host")
-    return request.param
 
 CASES = {  # spec, x shape after the row count, w shape
     "q": ("btd,nhd->btnh", (1, 8), (4, 4, 8)),  # a decode step: t = 1
@@ -31,7 +19,7 @@ CASES = {  # spec, x shape after the row count, w shape
 
 @pytest.mark.parametrize("rows", [1, 4, 16, 17])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_value_equals_float64_reference(case, rows, route):
+def test_value_equals_float64_reference(case, rows):
     spec, x_tail, w_shape = CASES[case]
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows, *x_tail)).astype(np.float32)
@@ -46,7 +34,7 @@ def _dots(fn, *args) -> int:
     return len(re.findall(r"\bdot\(", jax.jit(fn).lower(*args).compile().as_text()))
 
 
-def test_path_taken_only_for_few_rows_on_cpu(route):
+def test_path_taken_only_for_few_rows_on_cpu():
     w = jnp.ones((64, 32), jnp.float32)
     for rows in (1, 2, 16, 17, 64):
         x = jnp.ones((rows, 32), jnp.float32)
@@ -54,7 +42,7 @@ def test_path_taken_only_for_few_rows_on_cpu(route):
         assert (_dots(lambda a, b: weight_einsum("md,nd->mn", a, b), x, w) > 0) == expect_dot, rows
 
 
-def test_k_and_v_products_do_not_share_a_materialised_broadcast(route):
+def test_k_and_v_products_do_not_share_a_materialised_broadcast():
     """x [4, 64] against two [64, 64] weights: the compiled program must not hold an [4, 64, 64] buffer (the shared
     broadcast XLA writes out when both products use the same broadcast x)."""
     x = jnp.ones((4, 64), jnp.float32)

@@ -13,10 +13,9 @@ directly in float32 (``preferred_element_type``), so every reduction of it (over
 devices) happens in float32. ``tests/test_precision.py`` checks the gradients against a float64 computation and the
 dtype of every gradient reduction in a compiled TPU step.
 
-Few-row products on CPU (decode steps: a handful of tokens against a whole weight matrix) are not dots: XLA's CPU dot
-for 2-16 rows runs at a third of the memory bandwidth. Float32 products outside a multi-device mesh run on t1_jax's
-CPU kernel (``cpu_kernel.py``: software prefetching, ~90% of a plain sum's bandwidth); the rest are a fused
-multiply-and-reduce that reads each weight once at ~70% of it (docs/benchmarks.md, "Decode"). TPU and GPU keep the dot.
+Few-row products on CPU (decode steps: a handful of tokens against a whole weight matrix) are written as a fused
+multiply-and-reduce instead of a dot: XLA's CPU dot for 2-16 rows runs at a third of the memory bandwidth, while the
+fused reduction reads each weight once at close to it (docs/benchmarks.md, "Decode"). TPU and GPU keep the dot.
 """
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 from t1_jax.mesh import active_mesh
-from t1_jax.model import cpu_kernel
 
 # Row counts (product of the activation's non-contracted dims) for which a CPU product is a multiply-and-reduce.
 FEW_ROWS = range(2, 17)
@@ -78,24 +76,13 @@ def _contracted_suffix(spec: str) -> int:
     return len(contracted) if os_ == rows + outs else 0
 
 
-def _single_device() -> bool:
-    """No multi-device mesh is active: an FFI call cannot be partitioned, so sharded programs keep XLA's ops."""
-    mesh = active_mesh()
-    return mesh is None or mesh.devices.size == 1
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
 def _few_rows_einsum(spec: str, x, w, out_dtype):
-    """``einsum(spec, x, w)`` (spec ``R C, O C -> R O``) reading each weight once: float32 operands outside a
-    multi-device mesh go to the CPU kernel (``cpu_kernel.py``) when it is available, everything else is one fused
-    float32 multiply-and-reduce over ``C`` (the weight rounded to ``x``'s dtype first, as in the dot). Gradients: as
-    the dot's."""
+    """``einsum(spec, x, w)`` (spec ``R C, O C -> R O``) as one fused float32 multiply-and-reduce over ``C``: each
+    weight is read once. The weight is rounded to ``x``'s dtype first, as in the dot. Gradients: as the dot's."""
     n_contracted = _contracted_suffix(spec)
     rows, outs = x.shape[:x.ndim - n_contracted], w.shape[:w.ndim - n_contracted]
     c = math.prod(x.shape[x.ndim - n_contracted:])
-    if x.dtype == w.dtype == jnp.float32 and _single_device() and cpu_kernel.available():
-        out_flat = cpu_kernel.few_rows_product(x.reshape(-1, c), w.reshape(-1, c))  # [R, O]
-        return out_flat.reshape(*rows, *outs).astype(out_dtype)
     w_flat = w.astype(x.dtype).reshape(-1, c).astype(jnp.float32)  # [O, C]
     # Tie x to this weight (adding 0 * one of its entries, which XLA does not fold): without it, two products of the
     # same x with same-shaped weights (k and v) share one broadcast x, which XLA then writes to memory as an [R, O, C]
