@@ -11,43 +11,26 @@ import time
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from conftest import FAST_COMPILE, REPO
 from t1_jax import cli
-from t1_jax.config import ExperimentConfig, ModelConfig, RetrievalConfig, SamplingConfig, save_json
-from t1_jax.model import Qwen3
-from t1_jax.model.params_io import save_model
-from t1_jax.quickstart.tokenizer import text_config, train_tokenizer
+from t1_jax.config import RetrievalConfig, SamplingConfig
 from t1_jax.retrieval import metrics, trec
-from t1_jax.text import load_tokenizer
+from tests.helpers.toy_run import random_text, write_toy_run
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda river stone cloud seven forty apple "
-         "orange window garden").split()
 NUM_DOCS, NUM_QUERIES = 24, 8
-
-
-def _text(rng, n):
-    return " ".join(rng.choice(WORDS, n))
+_text = random_text
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A `t1 train`-like workdir with a tiny random model (greedy, 4 reasoning tokens)."""
-    root = tmp_path_factory.mktemp("run")
-    tok_dir = train_tokenizer([" ".join(WORDS)] * 4, vocab_size=300, out_dir=str(root / "tok"))
-    tokenizer = load_tokenizer(tok_dir)
-    cfg = ExperimentConfig(
-        text=text_config(tok_dir, max_query_tokens=64, max_doc_tokens=64),
+    return write_toy_run(
+        tmp_path_factory.mktemp("run"), max_tokens=64, seed=3,
         sampling=SamplingConfig(max_new_tokens=4, temperature=0.0, prompt_buckets=(32, 64, 128)),
         retrieval=RetrievalConfig(encode_batch_size=4, embedding_dtype="float32"),
-        model=ModelConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                          num_kv_heads=1, head_dim=16, emb_token_id=tokenizer.convert_tokens_to_ids("<embtoken>"),
-                          eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=0, scan_layers=False))
-    save_model(str(root / "model"), Qwen3(cfg.model, rngs=nnx.Rngs(3)))
-    tokenizer.save_pretrained(str(root / "model" / "tokenizer"))
-    save_json(cfg, str(root / "config.json"))
-    return root
+        vocab_size=384, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+        scan_layers=False)
 
 
 @pytest.fixture(scope="module")

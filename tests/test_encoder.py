@@ -4,45 +4,25 @@ import json
 
 import numpy as np
 import pytest
-from flax import nnx
 
+from tests.helpers.toy_run import random_text, write_toy_run
 from tests.model_helpers import rel_err
 from t1_jax import cli
-from t1_jax.config import ExperimentConfig, MeshConfig, ModelConfig, RetrievalConfig, SamplingConfig, save_json
+from t1_jax.config import MeshConfig, RetrievalConfig, SamplingConfig
 from t1_jax.encoder import Encoder, bucket_length, length_batches
 from t1_jax.mesh import make_mesh
-from t1_jax.model import Qwen3
-from t1_jax.model.params_io import save_model
-from t1_jax.quickstart.tokenizer import text_config, train_tokenizer
 from t1_jax.retrieval.store import EmbeddingStore
-from t1_jax.text import load_tokenizer
 
 TOL = 1e-5
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda river stone cloud seven forty apple "
-         "orange window garden").split()
-
-
-def _text(rng, n):
-    return " ".join(rng.choice(WORDS, n))
+_text = random_text
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A `t1 train`-like workdir: config.json + model/ (orbax) + model/tokenizer, tiny random model."""
-    root = tmp_path_factory.mktemp("run")
-    tok_dir = train_tokenizer([" ".join(WORDS)] * 4, vocab_size=300, out_dir=str(root / "tok"))
-    tokenizer = load_tokenizer(tok_dir)
-    text = text_config(tok_dir, max_query_tokens=96, max_doc_tokens=96)
-    cfg = ExperimentConfig(
-        text=text, sampling=SamplingConfig(max_new_tokens=5, prompt_buckets=(16, 32, 64, 128)),
-        retrieval=RetrievalConfig(encode_batch_size=4),
-        model=ModelConfig(vocab_size=512, emb_token_id=tokenizer.convert_tokens_to_ids("<embtoken>"),
-                          eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=0))
-    model = Qwen3(cfg.model, rngs=nnx.Rngs(4))
-    save_model(str(root / "model"), model)
-    tokenizer.save_pretrained(str(root / "model" / "tokenizer"))
-    save_json(cfg, str(root / "config.json"))
-    return root
+    return write_toy_run(tmp_path_factory.mktemp("run"), max_tokens=96, seed=4, vocab_size=512,
+                         sampling=SamplingConfig(max_new_tokens=5, prompt_buckets=(16, 32, 64, 128)),
+                         retrieval=RetrievalConfig(encode_batch_size=4))
 
 
 @pytest.fixture(scope="module")
