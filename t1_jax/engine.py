@@ -229,7 +229,7 @@ def generate_iter(graphdef, params, prompts: Sequence[Sequence[int]], cfg: Sampl
         raise ValueError(f"engine slots ({b}) must be a multiple of the mesh's batch shards ({shards})")
     model_cfg = nnx.merge(graphdef, params).cfg
     static = _static_settings(float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
-    # One split for the whole run, on huge pages (a long run amortises the ~1 s per GB)
+    # One split for the whole run, on huge pages (a long run amortises their 1-2 s per GB)
     layers = layer_weights(graphdef, params, mesh, huge_pages=True) if layers is None else layers
     base = jax.random.key(0) if rng is None else rng
     eos_v = jnp.asarray(eos + (-1,) * (max(4, -(-len(eos) // 4) * 4) - len(eos)), jnp.int32)

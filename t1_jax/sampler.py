@@ -138,8 +138,9 @@ def layer_weights(graphdef, params, mesh: Optional[Mesh], huge_pages: bool = Fal
     """Per-layer weights for the CPU decode layout, else None (the stacked ones are used).
 
     ``huge_pages``: also back them (and ``params``, whose embedding table is the LM head) with 2 MiB pages
-    (``t1_jax.model.host_memory``): 1-2 s per GB once, for ~3% faster steps after; for callers that keep the result
-    for many calls (``t1 generate``, the engine, benchmarks), not for one ``sample`` call."""
+    (``t1_jax.model.host_memory``): 1-2 s per GB once, for steps a few percent faster after (docs/benchmarks.md,
+    Decode); for callers that keep the result for many calls (``t1 generate``, the engine, benchmarks), not for one
+    ``sample`` call."""
     if not decode_layout(mesh):
         return None
     with use_mesh(mesh):
