@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from t1_jax.config import ConfigError, SamplingConfig
 from t1_jax.mesh import active_mesh, batch_shard_count, constrain, use_mesh
 from t1_jax.model.cache import KVCache, init_cache
-from t1_jax.sampler import PAD_ID, _static_settings, layer_weights, sampling_logprobs, choose_tokens
+from t1_jax.sampler import PAD_ID, _static_settings, choose_tokens, layer_weights, sampling_logprobs, token_logprob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +161,7 @@ def _run(graphdef, params, layers, slots: _Slots, emb_id, eos_v, *, settings: Sa
             sampled_b, sampled_logp_b = _choose_per_row(c.logits, c.keys, step, settings)
             at_budget = step == c.budget
             force_b = c.after_eos | at_budget
-            forced_logp_b = jax.nn.log_softmax(c.logits / forced_temp, axis=-1)
-            forced_logp_b = jax.lax.dynamic_index_in_dim(forced_logp_b, emb_id, axis=1, keepdims=False)
+            forced_logp_b = token_logprob(c.logits, jnp.broadcast_to(emb_id, live.shape), forced_temp)
             token_b = jnp.where(live, jnp.where(force_b, emb_id, sampled_b), PAD_ID)
             logp_b = jnp.where(live, jnp.where(force_b, forced_logp_b, sampled_logp_b), 0.0)
             is_emb = live & (token_b == emb_id)

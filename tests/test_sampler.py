@@ -249,6 +249,35 @@ def test_truncation_filters_match_numpy():
             np.testing.assert_array_equal(kept[b], ref, err_msg=f"p={p} row {b}")
 
 
+def test_first_argmax_and_token_logprob_match_numpy():
+    """The decode loop's greedy choice and log-probabilities (two reductions instead of argmax, no [B, V] log-softmax
+    written out) against numpy: first index of ties, first NaN, and float64 log-softmax."""
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(6, 3001)) * 4).astype(np.float32)
+    x[1, [7, 2900]] = x[1].max() + 1  # a tie: the first index wins
+    x[2, [11, 40]] = np.nan  # NaN: the first NaN, as jnp.argmax
+    x[3] = 0.0  # all equal
+    x[4, -1] = 1e4  # the last index
+    x[5, 0] = -np.inf
+    got = np.asarray(jax.jit(sampler_lib.first_argmax)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, [np.argmax(x[0]), 7, 11, 0, 3000, np.argmax(x[5])])
+    token = jnp.asarray(rng.integers(0, 3001, 6), jnp.int32)
+    for temperature in (1.0, 0.7):
+        fn = jax.jit(sampler_lib.token_logprob, static_argnums=2)
+        got = np.asarray(fn(jnp.asarray(x), token, temperature))
+        x64 = x.astype(np.float64) / temperature
+        ref = x64 - x64.max(1, keepdims=True)
+        ref = ref - np.log(np.exp(ref).sum(1, keepdims=True))
+        ref = ref[np.arange(6), np.asarray(token)]
+        finite = [0, 1, 3, 4, 5]
+        np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-5, atol=1e-5)
+        assert np.isnan(got[2])
+        # the same bits as jax.nn.log_softmax, which the sampler used before
+        want = np.asarray(jax.jit(lambda v, t: jnp.take_along_axis(jax.nn.log_softmax(v / temperature, -1),
+                                                                    t[:, None], -1)[:, 0])(jnp.asarray(x), token))
+        np.testing.assert_array_equal(got[finite], want[finite])
+
+
 def test_second_call_with_same_bucket_does_not_recompile(models, prompts):
     _, ours = models
     cfg = SamplingConfig(max_new_tokens=4, temperature=0.8, top_k=20)
