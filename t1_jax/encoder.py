@@ -11,6 +11,7 @@ next query), not fixed batches: reasoning lengths are long-tailed, and a fixed b
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -30,6 +31,7 @@ from t1_jax.config import ExperimentConfig, SamplingConfig, TextConfig
 from t1_jax.mesh import BATCH_AXES, batch_shard_count, use_mesh
 from t1_jax.observe import progress
 from t1_jax.engine import EngineSettings, generate_iter
+from t1_jax.sampler import layer_weights
 from t1_jax.text import TOKENIZER_SUBDIR, Encoded, T1Formatter, batch_encode, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,30 @@ class Encoder:
         self.batch_size = -(-batch_size // shards) * shards  # every batch splits evenly over data x fsdp
         self.graphdef, self.params = nnx.split(model)
         self.dim = cfg.hidden_size
+        self._held = {}  # decode weights kept by keep_decode_weights(); shared with batch-size copies
+
+    @contextlib.contextmanager
+    def keep_decode_weights(self):
+        """Inside the block, every :meth:`encode_queries` call with reasoning reuses one preparation of the decode
+        weights (on CPU: split per layer and backed by huge pages, 1-2 s per GB of model: docs/benchmarks.md,
+        Decode), made at the first such call and released at the end of the block. Outside, each call prepares its
+        own and frees it when it returns, so document encoding never holds a second copy of the weights."""
+        self._held["depth"] = self._held.get("depth", 0) + 1
+        try:
+            yield self
+        finally:
+            self._held["depth"] -= 1
+            if not self._held["depth"]:
+                self._held.pop("layers", None)
+
+    def _decode_weights(self):
+        """The decode weights for one generate call: the held ones inside :meth:`keep_decode_weights`, else None
+        (the engine prepares its own for the call)."""
+        if not self._held.get("depth"):
+            return None
+        if "layers" not in self._held:
+            self._held["layers"] = layer_weights(self.graphdef, self.params, self.mesh, huge_pages=True)
+        return self._held["layers"]
 
     # ------------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -235,7 +261,8 @@ class Encoder:
         results = generate_iter(self.graphdef, self.params, [e.ids for e in encoded], sampling,
                                 emb_token_id=self.formatter.emb_token_id, eos_token_ids=self.formatter.eos_token_ids,
                                 seeds=seeds, rng=jax.random.key(seed), normalize=self.normalize,
-                                settings=EngineSettings(slots=self.batch_size), mesh=self.mesh)
+                                settings=EngineSettings(slots=self.batch_size), mesh=self.mesh,
+                                layers=self._decode_weights())
         for i, gen in results:
             out[i], lengths_b[i], forced_b[i], eos_b[i] = gen.embedding, len(gen.tokens), gen.forced, gen.stopped_eos
             # the reasoning: generated tokens before <embtoken>, specials dropped

@@ -70,6 +70,35 @@ def test_query_without_reasoning_is_a_zero_budget_sample(encoder):
     assert rel_err(zero, direct) <= TOL
 
 
+
+def test_keep_decode_weights_prepares_once_and_releases(encoder, monkeypatch):
+    """Inside keep_decode_weights(), reasoning queries in several calls (and through a batch-size copy) reuse one
+    preparation of the decode weights, with the same output as calls that prepare their own; it is dropped at exit."""
+    from t1_jax import encoder as encoder_lib
+
+    made = []
+    real = encoder_lib.layer_weights
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(encoder_lib, "layer_weights", counting)
+    rng = np.random.default_rng(3)
+    queries = [_text(rng, n) for n in (3, 20, 9)]
+    alone = [encoder.encode_queries([q])[0][0] for q in queries]
+    assert made == []  # outside the block the engine prepares (and frees) its own per call
+    with encoder.keep_decode_weights():
+        kept = [encoder.encode_queries([q])[0][0] for q in queries[:2]]
+        kept.append(encoder.encode_queries([queries[2]], batch_size=2)[0][0])
+        with encoder.keep_decode_weights():  # nested: still the same preparation
+            encoder.encode_queries(queries[:1])
+        assert "layers" in encoder._held
+    assert made == [1]
+    assert "layers" not in encoder._held
+    for a, b in zip(alone, kept):
+        assert rel_err(b, a) <= TOL
+
 def test_sharded_encoder_equals_unsharded(run_dir, encoder):
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     sharded = Encoder.from_checkpoint(str(run_dir), mesh=mesh, show_progress=False)

@@ -270,23 +270,24 @@ class CheckpointEval:
         starts = list(range(0, len(qids), chunk))
         done = 0
         t0 = time.time()
-        try:
-            for part, start in enumerate(starts):
-                stop = min(start + chunk, len(qids))
-                path = fs.join(folder, f"part-{part:05d}.npz")
-                if not fs.exists(path):
-                    e, r, _ = self.encoder.encode_queries(texts[start:stop], [dataset.domain] * (stop - start),
-                                                          reasoning=reasoning, seed=self.s.seed,
-                                                          seeds=range(start, stop))
-                    _save_npz(path, ids=np.asarray(qids[start:stop]), emb=e, reasoning=np.asarray(r, dtype=str))
-                saved = _load_npz(path)
-                if list(saved["ids"]) != qids[start:stop]:
-                    raise ValueError(f"{path}: holds other queries; delete {folder} to encode them again")
-                emb[start:stop], generated[start:stop] = saved["emb"], [str(x) for x in saved["reasoning"]]
-                done = stop
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"interrupted: {folder} keeps {done} of {len(qids)} {dataset.name} queries; run "
-                                    f"the same command again to resume") from None
+        with self.encoder.keep_decode_weights():  # one preparation of the decode weights for every part
+            try:
+                for part, start in enumerate(starts):
+                    stop = min(start + chunk, len(qids))
+                    path = fs.join(folder, f"part-{part:05d}.npz")
+                    if not fs.exists(path):
+                        e, r, _ = self.encoder.encode_queries(texts[start:stop], [dataset.domain] * (stop - start),
+                                                              reasoning=reasoning, seed=self.s.seed,
+                                                              seeds=range(start, stop))
+                        _save_npz(path, ids=np.asarray(qids[start:stop]), emb=e, reasoning=np.asarray(r, dtype=str))
+                    saved = _load_npz(path)
+                    if list(saved["ids"]) != qids[start:stop]:
+                        raise ValueError(f"{path}: holds other queries; delete {folder} to encode them again")
+                    emb[start:stop], generated[start:stop] = saved["emb"], [str(x) for x in saved["reasoning"]]
+                    done = stop
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(f"interrupted: {folder} keeps {done} of {len(qids)} {dataset.name} "
+                                        "queries; run the same command again to resume") from None
         self._time(dataset.name, "queries" if reasoning else "queries (no reasoning)", time.time() - t0)
         return qids, emb, generated
 
