@@ -24,7 +24,7 @@ from t1_jax.config import ConfigError, ModelConfig, dtype as to_dtype
 from t1_jax.mesh import constrain
 from t1_jax.model.cache import KVCache, constrain_cache, write_slots
 from t1_jax.model.counts import layer_shapes
-from t1_jax.model.precision import weight_einsum
+from t1_jax.model.precision import FEW_ROWS, target_platform, weight_einsum
 from t1_jax.model.splash import splash_attention
 
 # Per-layer parameters: name -> (logical axes without the leading "layers" axis). Shapes come from layer_shapes().
@@ -111,7 +111,9 @@ def attention(q_btnh, k_bksh, v_bksh, allowed_bts, compute_dtype):
 
     Keys/values come ``[b, k, s, h]`` (the cache layout). The group axis is folded into the query-length axis
     (``m = g * t``) so both contractions are plain batched matmuls over ``(b, k)``; on CPU this is ~1.7x faster than
-    contracting a 5-D ``btkgh`` layout directly.
+    contracting a 5-D ``btkgh`` layout directly. Decode steps on CPU (``m`` of 2-16 rows, as few-row products) take
+    both contractions as float32 multiply-and-sum, which XLA fuses into one reduction each: 23-28% less time than
+    its batched dots (``benchmarks/bench_decode_attention.py``, docs/benchmarks.md).
     """
     b, t, n, h = q_btnh.shape
     kv, s = k_bksh.shape[1], k_bksh.shape[2]
@@ -119,11 +121,20 @@ def attention(q_btnh, k_bksh, v_bksh, allowed_bts, compute_dtype):
     q_bkmh = q_btnh.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, h)
     k_bksh = k_bksh.astype(compute_dtype)
     v_bksh = v_bksh.astype(compute_dtype)
-    scores = jnp.einsum("bkmh,bksh->bkms", q_bkmh, k_bksh, preferred_element_type=jnp.float32)
+    few_rows = g * t in FEW_ROWS and target_platform() == "cpu"
+    if few_rows:  # the cache first, as the few-row products take their weight
+        scores = jnp.sum(k_bksh[:, :, None, :, :].astype(jnp.float32) * q_bkmh[:, :, :, None, :].astype(jnp.float32),
+                         axis=-1)
+    else:
+        scores = jnp.einsum("bkmh,bksh->bkms", q_bkmh, k_bksh, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, kv, g, t, s) * (h ** -0.5)
     scores = jnp.where(allowed_bts[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(compute_dtype).reshape(b, kv, g * t, s)
-    out_bkmh = jnp.einsum("bkms,bksh->bkmh", probs, v_bksh)
+    if few_rows:
+        out_bkmh = jnp.sum(probs[..., None].astype(jnp.float32) * v_bksh[:, :, None, :, :].astype(jnp.float32),
+                           axis=-2).astype(compute_dtype)
+    else:
+        out_bkmh = jnp.einsum("bkms,bksh->bkmh", probs, v_bksh)
     return out_bkmh.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
