@@ -54,8 +54,9 @@ def load_events(trace_dir: str) -> list[dict]:
 
 
 def product_ops(dump_dir: str, weight_shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
-    """Op name -> weight name, for the ops of the decode program that read a weight (a fusion with a parameter of
-    that weight's shape, or of its [out, in] flattening)."""
+    """Op name -> weight name, for the products of the decode program: fusions that reduce (or dot) over a parameter
+    of that weight's shape, or of its [out, in] flattening (not the embedding lookup, which gathers from the table
+    the LM head reads)."""
     paths = sorted(glob.glob(f"{dump_dir}/*_decode*after_optimizations.txt"))
     with open(paths[-1]) as f:
         text = f.read()
@@ -65,6 +66,9 @@ def product_ops(dump_dir: str, weight_shapes: dict[str, tuple[int, ...]]) -> dic
         by_shape[f"{shape[0]},{int(np.prod(shape[1:]))}"] = name
     computation_weight = {}
     for m in re.finditer(r"^%?([\w.\-]+) \(([^)]*)\) -> ", text, re.MULTILINE):
+        body = text[m.end():text.find("\n}", m.end())]
+        if not re.search(r" (reduce|dot)\(", body):
+            continue
         for shape in re.findall(r"f32\[([\d,]+)\]", m.group(2)):
             if shape in by_shape:
                 computation_weight[m.group(1)] = by_shape[shape]
@@ -104,7 +108,7 @@ def main() -> int:
     ids = np.random.default_rng(0).integers(0, 150_000, (args.batch, args.prompt)).astype(np.int32)
     valid = np.ones_like(ids, bool)
     settings = SamplingConfig(max_new_tokens=args.new - 1, temperature=0.0)
-    unused_id = cfg.vocab_size - 1  # greedy never picks it on these weights: every call runs its whole budget
+    unused_id = cfg.vocab_size - 1  # as <embtoken>: an id greedy decoding of random weights is unlikely to pick
 
     def run():
         return jax.block_until_ready(sample(graphdef, params, ids, valid, jax.random.key(0), settings,
@@ -117,27 +121,22 @@ def main() -> int:
             run()
         events = load_events(trace_dir)
 
+    base = layer_shapes(cfg)
+    shapes = {"qkv": ((cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, cfg.hidden_size),
+              "o": base["o_proj"], "gate_up": (2 * cfg.intermediate_size, cfg.hidden_size), "down": base["down_proj"],
+              "lm_head": (cfg.vocab_size, cfg.hidden_size)}  # the CPU decode layout's weights (split_layers)
+    weight_of = product_ops(DUMP_DIR, shapes)
+    shutil.rmtree(DUMP_DIR, ignore_errors=True)
+    lm_head = next(name for name, weight in weight_of.items() if weight == "lm_head")
+
     ops = [e for e in events if not e["name"].startswith(HOUSEKEEPING)]
     joins = [e for e in events if e["name"] == "ThreadpoolListener::StartRegion"]
     join_ts = [e["ts"] for e in joins]
-    # The LM head: the longest op of the decode (one [vocab, hidden] product a step).
-    by_name: dict[str, list[dict]] = {}
-    for e in ops:
-        by_name.setdefault(e["name"], []).append(e)
-    lm_head = max((n for n, es in by_name.items() if len(es) >= args.new - 1),
-                  key=lambda n: float(np.median([e["dur"] for e in by_name[n]])))
     steps = split_steps(ops, lm_head)[2:]  # the first steps follow the prefill
     if not steps:
         print("too few decode steps in the trace; use a larger --new", file=sys.stderr)
         return 1
 
-    shapes = {name: (4096 if name == "qkv" else 6144, cfg.hidden_size) for name in ("qkv", "gate_up")}
-    base = layer_shapes(cfg)
-    shapes.update(o=base["o_proj"], down=base["down_proj"], lm_head=(cfg.vocab_size, cfg.hidden_size))
-    shapes["qkv"] = ((cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, cfg.hidden_size)
-    shapes["gate_up"] = (2 * cfg.intermediate_size, cfg.hidden_size)
-    weight_of = product_ops(DUMP_DIR, shapes)
-    shutil.rmtree(DUMP_DIR, ignore_errors=True)
     rows = []
     for t0, t1 in steps:
         in_step = [e for e in ops if t0 <= e["ts"] < t1]

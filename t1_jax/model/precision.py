@@ -14,8 +14,8 @@ devices) happens in float32. ``tests/test_precision.py`` checks the gradients ag
 dtype of every gradient reduction in a compiled TPU step.
 
 Few-row products on CPU (decode steps: a handful of tokens against a whole weight matrix) are written as a fused
-multiply-and-reduce instead of a dot: XLA's CPU dot for 2-16 rows runs at a third of the memory bandwidth, while the
-fused reduction reads each weight once at close to it (docs/benchmarks.md, "Decode"). TPU and GPU keep the dot.
+multiply-and-reduce instead of a dot: XLA's CPU dot for 2-16 rows reads its weight at 21-35% of the memory bandwidth,
+the fused reduction reads each weight once at 46-61% of it (docs/benchmarks.md, "Decode"). TPU and GPU keep the dot.
 """
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ def target_platform() -> str:
     return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
+def few_rows_on_cpu(rows: int) -> bool:
+    """Whether a product with ``rows`` activation rows is written as a multiply-and-reduce (CPU decode steps)."""
+    return rows in FEW_ROWS and target_platform() == "cpu"
+
+
 def _contracted_suffix(spec: str) -> int:
     """How many trailing dims of ``x`` and ``w`` are contracted when the spec reads ``R C, O C -> R O`` (else 0)."""
     xs, ws, os_ = _parse(spec)
@@ -110,8 +115,7 @@ def weight_einsum(spec: str, x, w, out_dtype=None):
     """
     out_dtype = jnp.dtype(out_dtype or x.dtype)
     n_contracted = _contracted_suffix(spec)
-    if (n_contracted and math.prod(x.shape[:x.ndim - n_contracted]) in FEW_ROWS
-            and target_platform() == "cpu"):
+    if n_contracted and few_rows_on_cpu(math.prod(x.shape[:x.ndim - n_contracted])):
         return _few_rows_einsum(spec, x, w, out_dtype)
     if jnp.dtype(w.dtype) == jnp.dtype(x.dtype):  # one dtype: the plain product (its gradient is already exact)
         return jnp.einsum(spec, x, w, preferred_element_type=None if out_dtype == x.dtype else out_dtype)

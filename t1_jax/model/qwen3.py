@@ -24,7 +24,7 @@ from t1_jax.config import ConfigError, ModelConfig, dtype as to_dtype
 from t1_jax.mesh import constrain
 from t1_jax.model.cache import KVCache, constrain_cache, write_slots
 from t1_jax.model.counts import layer_shapes
-from t1_jax.model.precision import FEW_ROWS, target_platform, weight_einsum
+from t1_jax.model.precision import few_rows_on_cpu, weight_einsum
 from t1_jax.model.splash import splash_attention
 
 # Per-layer parameters: name -> (logical axes without the leading "layers" axis). Shapes come from layer_shapes().
@@ -121,7 +121,7 @@ def attention(q_btnh, k_bksh, v_bksh, allowed_bts, compute_dtype):
     q_bkmh = q_btnh.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, h)
     k_bksh = k_bksh.astype(compute_dtype)
     v_bksh = v_bksh.astype(compute_dtype)
-    few_rows = g * t in FEW_ROWS and target_platform() == "cpu"
+    few_rows = few_rows_on_cpu(g * t)
     if few_rows:  # the cache first, as the few-row products take their weight
         scores = jnp.sum(k_bksh[:, :, None, :, :].astype(jnp.float32) * q_bkmh[:, :, :, None, :].astype(jnp.float32),
                          axis=-1)
